@@ -103,7 +103,8 @@ def check_signature(fn: RewardFn, good: Inputs, broken: Inputs) -> list[str]:
         required = p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
         if required and p.name not in given:
             found.append(f"requires the column {p.name!r}, which these tasks do not have (columns: "
-                         f"{', '.join(sorted(good.columns)) or 'none'}); check the env, or give it a default")
+                         f"{', '.join(sorted(good.columns)) or 'none'}); pick its env with --config, or give it a "
+                         "default")
     return found
 
 

@@ -114,3 +114,11 @@ def test_cli_exit_codes(tmp_path: Path) -> None:
     result = oss_grpo("check-plugin", "no_such_reward")
     assert result.returncode == 2 and "reward 'no_such_reward' is not registered" in result.stderr
     assert get("game2048_move").reward_range == (0.0, 1.0)
+
+
+def test_a_reward_checked_on_the_wrong_env_names_the_missing_columns(capsys: pytest.CaptureFixture) -> None:
+    from oss_grpo.rl.cli import check_plugin
+
+    assert check_plugin("game2048_strategy_runs", None, [], max_seconds=5.0) == 1  # default env: 2048 moves
+    out = capsys.readouterr().out
+    assert "FAIL  signature" in out and "'game_seeds'" in out and "--config" in out and "skip  time" in out
