@@ -4,8 +4,10 @@
 
 Rows: the baseline `subprocess.run([python, "-I", "-S", "-c", "pass"])`; `unshare` namespaces around that
 same bare start; `sandbox.run` on a trivial function and on a 2048-style strategy, with every layer
-the host grants; the fallback without namespaces; and the strategy from several threads at once
-(throughput when the caller fans out). Every row is timed in this same run after warm-up calls, the
+the host grants; the fallback without namespaces; the strategy from several threads at once
+(throughput when the caller fans out); and 2048 strategy mode's cost per answer (issue #5): `--games`
+seeded games played by one sandbox call (`play_strategy`, uncached) and, apart, the parent's replay of
+their moves. Every row is timed in this same run after warm-up calls, the
 rows taking turns (so load from other processes falls on all alike); each row reports its median and
 its calls per second (calls / time spent in them). Prints a markdown table.
 """
@@ -20,7 +22,9 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from oss_grpo.envs.game2048_strategy import WARM_START_ANSWERS, replay, spawn_table
 from oss_grpo.rewards import sandbox
+from oss_grpo.rewards.game2048_strategy import ALLOWED_IMPORTS, ENTRY, extract_code, harness_source, play_strategy
 
 TRIVIAL = "def f():\n    return 1\n"
 STRATEGY = """
@@ -71,6 +75,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=40)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--games", type=int, default=4, help="games per answer in the strategy-mode rows")
     opts = parser.parse_args()
 
     bare = [sys.executable, "-I", "-S", "-c", "pass"]
@@ -97,6 +102,17 @@ def main() -> None:
             sandbox.isolation = real_isolation
 
     rows.append(("`sandbox.run`: 2048 strategy, fallback without namespaces", strategy_fallback))
+    code, seeds = extract_code(WARM_START_ANSWERS[1]), tuple(range(opts.games))  # a cycle of moves: plays to the end
+    first = play_strategy.__wrapped__(code, seeds, 2000, 30.0)
+    assert first.failure is None, first
+    moves = sum(g.moves for g in first.games)
+    rows.append((f"strategy mode: one answer, {opts.games} games ({moves} moves) in one sandbox call + replay",
+                 lambda: play_strategy.__wrapped__(code, seeds, 2000, 30.0)))
+    played = _ok(sandbox.run(code + "\n\n" + harness_source(), ENTRY,
+                             args=([spawn_table(s, 2000) for s in seeds], 2000, 30.0), timeout_s=30.0,
+                             allowed_imports=ALLOWED_IMPORTS)).value
+    rows.append((f"strategy mode: the parent's replay of those {moves} moves alone",
+                 lambda: [replay(seed, m, 2000) for seed, m in zip(seeds, played)]))
     timings = _interleaved([fn for _, fn in rows], opts.calls)
     results = [(name, *timing) for (name, _), timing in zip(rows, timings)]
     threaded = _threaded(strategy, opts.calls, opts.threads)

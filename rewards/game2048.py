@@ -8,7 +8,7 @@ from oss_grpo.envs.game2048 import legal_actions, parse_move, slide
 from oss_grpo.rewards.registry import reward
 
 
-@reward("game2048_move")
+@reward("game2048_move", range=(0.0, 1.0))
 def move_quality(completions: list[Any], board: list[list[list[int]]], **columns: Any) -> list[float]:
     """How good the answered move is on the prompt's board, in [0, 1].
 

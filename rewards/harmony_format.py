@@ -12,7 +12,7 @@ from oss_grpo.rewards.registry import reward
 from oss_grpo.rl.harmony import ParsedCompletion, stop_token_ids
 
 
-@reward("harmony_final_answer")
+@reward("harmony_final_answer", range=(0.0, 1.0))
 def final_answer_present(completions: list[ParsedCompletion], **columns: Any) -> list[float]:
     """1.0 when the completion ends its turn with a non-empty answer on the final channel, else 0.0.
 
@@ -36,7 +36,7 @@ def final_answer_present(completions: list[ParsedCompletion], **columns: Any) ->
     ]
 
 
-@reward("harmony_tool_call")
+@reward("harmony_tool_call", range=(0.0, 1.0))
 def tool_call_well_formed(
     completions: list[ParsedCompletion], tools: list[list[dict] | None] | None = None, **columns: Any
 ) -> list[float | None]:
@@ -86,7 +86,7 @@ def _executable(call: Any, declared: dict[str, dict] | None) -> bool:
     return isinstance(arguments, dict) and all(key in arguments for key in required)
 
 
-@reward("harmony_clean_stop")
+@reward("harmony_clean_stop", range=(0.0, 1.0))
 def nothing_after_stop(completions: list[ParsedCompletion], **columns: Any) -> list[float]:
     """0.0 when ids follow the completion's first `<|return|>` or `<|call|>`, else 1.0.
 

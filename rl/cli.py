@@ -1,12 +1,14 @@
 """The `oss-grpo` command (also `python -m oss_grpo`).
 
     oss-grpo train CONFIG.yaml [--set key=value ...] [--resume DIR]
+    oss-grpo check-plugin NAME [--config CONFIG.yaml] [--set key=value ...] [--max-seconds S]
 
 A config error, unknown plugin or missing file prints one line naming the key or file and exits with code 2,
-before any model is built.
+before any model is built. `check-plugin` exits 0 when the reward passes every check and 1 with its findings.
 """
 
 import argparse
+import dataclasses
 import logging
 import sys
 
@@ -18,26 +20,65 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train", help="train a policy with GRPO")
     train.add_argument("config", help="YAML file of options (see docs/CONFIG.md)")
-    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override one option, e.g. --set max_steps=2 (repeatable)")
     train.add_argument("--resume", metavar="DIR",
                        help="continue the run in DIR from its newest complete checkpoint (sets output_dir=DIR)")
+    check = commands.add_parser("check-plugin", help="validate a reward plugin (docs/PLUGINS.md)")
+    check.add_argument("name", help="registered reward name, pkg.module:fn, path/to/file.py:fn or entry-point name")
+    check.add_argument("--config", help="YAML file whose env (and its options) provides the sample tasks")
+    check.add_argument("--max-seconds", type=float, default=1.0, help="slowest acceptable time per completion")
+    for command in (train, check):
+        command.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                             help="override one option, e.g. --set max_steps=2 (repeatable)")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    from oss_grpo.rl.config import load_config
-
     try:
-        overrides = args.overrides + ([f"output_dir={args.resume}"] if args.resume else [])
-        config = load_config(args.config, overrides)
-        from oss_grpo.rl.train import train  # heavy imports (torch, trl) only after the config is valid
-
-        run_dir = train(config, resume=args.resume is not None)
+        if args.command == "check-plugin":
+            return check_plugin(args.name, args.config, args.overrides, args.max_seconds)
+        return train(args.config, args.overrides, args.resume)
     except OssGrpoError as err:
         print(f"oss-grpo: error: {err}", file=sys.stderr)
         return 2
+
+
+def train(config_path: str, overrides: list[str], resume: str | None) -> int:
+    from oss_grpo.rl.config import load_config
+
+    config = load_config(config_path, overrides + ([f"output_dir={resume}"] if resume else []))
+    from oss_grpo.rl.train import train as run  # heavy imports (torch, trl) only after the config is valid
+
+    run_dir = run(config, resume=resume is not None)
     print(f"run folder: {run_dir} (metrics.jsonl, reward_curve.png, final/)")
     return 0
+
+
+def check_plugin(name: str, config_path: str | None, overrides: list[str], max_seconds: float) -> int:
+    """Call the reward on a few tasks of the config's env, print each check's verdict; 0 if all pass, else 1."""
+    from oss_grpo.rewards import get
+    from oss_grpo.rl.config import load_config
+
+    config = load_config(config_path, overrides)
+    fn = get(name)  # an unknown name exits here, before the heavy imports below
+    from transformers import TrainerState
+
+    from oss_grpo.rewards.check import CHECKS, check_reward
+    from oss_grpo.rl.tasks import task_builder
+
+    dataset, answers = task_builder(config.env)(dataclasses.replace(config, num_tasks=min(config.num_tasks, 4)))
+    columns = {key: dataset[key] for key in dataset.column_names if key != "prompt"}
+    extras = {"trainer_state": TrainerState(), "log_metric": lambda key, value: None}  # what TRL adds
+    findings = check_reward(fn, answers, columns, extras, max_seconds)
+    print(f"check-plugin {name} ({fn.__module__}:{getattr(fn, '__qualname__', fn)}) on {config.env} tasks, "
+          f"declared range {getattr(fn, 'reward_range', 'none')}")
+    failed = {f.check for f in findings}
+    for check in CHECKS:
+        short = check.__name__.removeprefix("check_")
+        skipped = "signature" in failed and short != "signature"  # check_reward stops after a bad signature
+        print(f"  {'FAIL' if short in failed else 'skip' if skipped else 'ok':4}  {short}")
+        for finding in (f for f in findings if f.check == short):
+            print(f"        {finding.message}")
+    print(f"{len(findings)} finding(s)" if findings else "all checks passed")
+    return 1 if findings else 0

@@ -57,6 +57,14 @@ class TrainConfig:
     """Decode only well-formed final answers naming one of the environment's actions (the sampled distribution is the
     policy's, renormalised over them). A warm start for tiny random models, which never emit valid Harmony otherwise."""
 
+    # --- 2048 strategy mode (env oss_grpo/Game2048Strategy-v0) ---
+    strategy_games: int = 4
+    """Seeded games each answer's `strategy` plays (one sandbox call for all of them); the task's seeds differ."""
+    strategy_max_moves: int = 2000
+    """Move budget per game; a move that changes nothing uses one too. Reaching 2048 takes about 1000 moves."""
+    strategy_timeout_s: float = 5.0
+    """Wall-clock budget of one answer's games, sandbox start-up included; a hung strategy scores as a timeout."""
+
     # --- generation ---
     group_size: int = 8
     """Completions sampled per prompt (G in the GRPO paper); advantages are normalised within each group."""
@@ -100,7 +108,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         positive = ["tiny_hidden_size", "lora_r", "lora_alpha", "num_tasks", "prompts_per_step",
-                    "max_completion_tokens", "max_steps", "save_steps"]
+                    "max_completion_tokens", "max_steps", "save_steps", "strategy_games", "strategy_max_moves"]
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}={getattr(self, name)}: must be a positive integer")
@@ -116,6 +124,8 @@ class TrainConfig:
         for name in ("beta", "epsilon", "max_grad_norm", "top_k"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}={getattr(self, name)}: must be >= 0")
+        if not 0 < self.strategy_timeout_s <= 3600:
+            raise ConfigError(f"strategy_timeout_s={self.strategy_timeout_s}: must be seconds in (0, 3600]")
         if not self.rewards:
             raise ConfigError("rewards: at least one reward function is needed")
         if not self.lora_target_modules:

@@ -1,11 +1,25 @@
-"""Training tasks per environment: the prompts (as user messages) and the columns rewards need."""
+"""Training tasks per environment: the prompts (as user messages) and the columns rewards need.
+
+A task builder maps the config to (dataset with a `prompt` column plus the columns its rewards read, the answers
+constrained decoding may choose from). Built-in builders are in `TASKS`; an outside package adds an environment
+through the entry-point group `oss_grpo.envs`: the entry point's name is the Gymnasium id and its value the builder,
+whose module registers that id with `gymnasium.register` when imported (docs/PLUGINS.md).
+"""
 
 from collections.abc import Callable
+from importlib.metadata import entry_points
 
+import gymnasium
 from datasets import Dataset
 
 from oss_grpo.envs.game2048 import MOVES, render_board, starting_boards
+from oss_grpo.envs.game2048_strategy import STRATEGY_PROMPT, WARM_START_ANSWERS
+from oss_grpo.rewards.game2048_strategy import ALLOWED_IMPORTS
 from oss_grpo.rl.config import TrainConfig
+from oss_grpo.rl.errors import PluginError, UnknownPlugin
+
+TaskBuilder = Callable[[TrainConfig], tuple[Dataset, list[str]]]
+ENTRY_POINT_GROUP = "oss_grpo.envs"
 
 
 def game2048_tasks(config: TrainConfig) -> tuple[Dataset, list[str]]:
@@ -15,5 +29,39 @@ def game2048_tasks(config: TrainConfig) -> tuple[Dataset, list[str]]:
     return Dataset.from_dict({"prompt": prompts, "board": [b.tolist() for b in boards]}), list(MOVES)
 
 
-TASKS: dict[str, Callable[[TrainConfig], tuple[Dataset, list[str]]]] = {"oss_grpo/Game2048-v0": game2048_tasks}
-"""Environment id -> builder of (dataset with a `prompt` column, the environment's action names)."""
+def game2048_strategy_tasks(config: TrainConfig) -> tuple[Dataset, list[str]]:
+    """One prompt (write `strategy(board)`), with different game seeds per task; rewards read `game_seeds`,
+    `max_moves` and `timeout_s`."""
+    text = STRATEGY_PROMPT.format(games=config.strategy_games, max_moves=config.strategy_max_moves,
+                                  timeout_s=config.strategy_timeout_s, imports=", ".join(sorted(ALLOWED_IMPORTS)))
+    n, games = config.num_tasks, config.strategy_games
+    return Dataset.from_dict({
+        "prompt": [[{"role": "user", "content": text}]] * n,
+        "game_seeds": [[config.seed * 1_000_003 + task * games + g for g in range(games)] for task in range(n)],
+        "max_moves": [config.strategy_max_moves] * n,
+        "timeout_s": [config.strategy_timeout_s] * n,
+    }), list(WARM_START_ANSWERS)
+
+
+TASKS: dict[str, TaskBuilder] = {
+    "oss_grpo/Game2048-v0": game2048_tasks,
+    "oss_grpo/Game2048Strategy-v0": game2048_strategy_tasks,
+}
+"""Environment id -> builder of (dataset with a `prompt` column, the answers constrained decoding may choose)."""
+
+
+def task_builder(env_id: str) -> TaskBuilder:
+    """The builder of `env_id`'s tasks: built in, or from an installed package's `oss_grpo.envs` entry point."""
+    if env_id in TASKS:
+        return TASKS[env_id]
+    for ep in entry_points(group=ENTRY_POINT_GROUP, name=env_id):
+        try:
+            builder = ep.load()
+        except (ImportError, AttributeError) as err:
+            raise PluginError(f"env {env_id!r}: entry point {ep.value!r} cannot be loaded ({err})") from None
+        if env_id not in gymnasium.registry:
+            raise PluginError(f"env {env_id!r}: loading {ep.value!r} did not register it with gymnasium.register")
+        TASKS[env_id] = builder
+        return builder
+    known = sorted(set(TASKS) | {ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)})
+    raise UnknownPlugin(f"env={env_id!r}: unknown environment; known: {', '.join(known)}")

@@ -16,12 +16,11 @@ from oss_grpo.rewards import get as get_reward
 from oss_grpo.rewards.guard import GuardedReward
 from oss_grpo.rl.checkpoint import CompleteMarker, checkpoint_step, latest_checkpoint
 from oss_grpo.rl.config import TrainConfig
-from oss_grpo.rl.errors import ConfigError
 from oss_grpo.rl.harmony import harmony_tokenizer
 from oss_grpo.rl.metrics import MetricsCallback, plot_reward_curve, truncate_metrics
 from oss_grpo.rl.policy import load_policy, lora_config
 from oss_grpo.rl.rollout import Rollout
-from oss_grpo.rl.tasks import TASKS
+from oss_grpo.rl.tasks import task_builder
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +57,7 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     """Train and return the run folder; with `resume`, continue from its newest complete checkpoint."""
     from trl import GRPOTrainer
 
-    if config.env not in TASKS:
-        raise ConfigError(f"env={config.env!r}: unknown environment; known: {', '.join(TASKS)}")
+    build_tasks = task_builder(config.env)
     rewards = [GuardedReward(name, get_reward(name), config.reward_on_error) for name in config.rewards]
     run_dir = Path(config.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -69,7 +67,7 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
 
     score_only_completion_tokens()
     use_cpu = config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available())
-    dataset, actions = TASKS[config.env](config)
+    dataset, actions = build_tasks(config)
     trainer = GRPOTrainer(
         model=load_policy(config),
         reward_funcs=rewards,

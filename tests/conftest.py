@@ -1,6 +1,10 @@
 """Session-wide test set-up: the offline Harmony vocabulary, and small shared fixtures."""
 
+import json
 import os
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -23,3 +27,19 @@ if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
 @pytest.fixture
 def repo() -> Path:
     return REPO
+
+
+@pytest.fixture
+def train_one_step(tmp_path: Path) -> Callable[[str], dict]:
+    """`oss-grpo train CONFIG` for one step in a subprocess (the real CLI); returns the step's metrics.jsonl row."""
+
+    def run(config: str) -> dict:
+        out = tmp_path / "run"
+        result = subprocess.run(
+            [sys.executable, "-m", "oss_grpo", "train", config, "--set", "max_steps=1", "--set", "save_steps=1",
+             "--set", f"output_dir={out}"], cwd=REPO, capture_output=True, text=True, timeout=600,
+            env={**os.environ, "TRL_EXPERIMENTAL_SILENCE": "1"})
+        assert result.returncode == 0, result.stderr[-3000:]
+        return json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+
+    return run

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 import oss_grpo.rewards.game2048
-from oss_grpo.rewards import get, registered, reward
+from oss_grpo.rewards import Score, get, registered, reward
 from oss_grpo.rewards.guard import GuardedReward
 from oss_grpo.rl.errors import PluginError, UnknownPlugin
 
@@ -69,3 +69,9 @@ def test_guard_scores_bad_values(bad) -> None:
 def test_guard_scores_wrong_length() -> None:
     scores, guarded = call(lambda completions, **_: [1.0])
     assert scores == [-1.0] * 3 and guarded.errors == 3
+
+
+def test_guard_unpacks_scores_and_counts_their_reasons() -> None:
+    scores, guarded = call(lambda completions, **_: [Score(1.0, "ok"), Score(None, "no answer"), Score(0.0, "ok")])
+    assert scores == [1.0, None, 0.0] and guarded.errors == 0
+    assert guarded.reasons == {"ok": 2, "no answer": 1}
