@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 from oss_grpo.rl.errors import PluginError, UnknownPlugin
 
-BUILTIN_MODULES = ("oss_grpo.rewards.game2048", "oss_grpo.rewards.harmony_format")
+BUILTIN_MODULES = ("oss_grpo.rewards.game2048", "oss_grpo.rewards.harmony_format", "oss_grpo.rewards.kernelgen")
 """Modules whose `@reward` functions are the built-in rewards; imported on the first lookup."""
 
 
