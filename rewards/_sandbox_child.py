@@ -7,7 +7,8 @@ marshal is never used on anything the code produced); the child writes to the fi
 `payload["result_fd"]` the lines `start`, then `preloaded` once the allowed modules the code names are
 imported, then either `{"setup_error": ...}` (the sandbox is broken: the parent raises SandboxError) or
 the line `ready`, then runs the code and writes one JSON line
-`{"ok": true, "value": ...}` or `{"ok": false, "failure": ..., "error": ...}`. It encodes that JSON itself
+`{"ok": true, "value": ...}` or `{"ok": false, "failure": ..., "error": ...}`. With a `harness` (trusted
+checker code named by the parent, imported before the code's modules), the child calls `harness(fn, ...)`. It encodes that JSON itself
 (exact types, bounded depth and size) rather than importing `json`, which costs more than the rest of
 the lock-down together.
 
@@ -195,12 +196,17 @@ def _run_untrusted(payload: dict) -> bytes:
     restricted = {k: v for k, v in vars(builtins).items() if k not in _REMOVED_BUILTINS}
     restricted["__import__"] = builtins.__import__ = _import_guard(allowed, builtins.__import__)
     scope = {"__name__": "__sandbox__", "__builtins__": restricted}
+    cache = getattr(sys.modules.get("linecache"), "cache", None)  # loaded with inspect, e.g. by torch
+    if cache is not None:  # lets inspect.getsource read the code: Triton's @jit needs the kernel's source text
+        source = payload["source"]
+        cache["<sandbox>"] = (len(source), None, source.splitlines(True), "<sandbox>")
     try:
         exec(compile(payload["source"], "<sandbox>", "exec"), scope)  # the point of the sandbox
         fn = scope.get(payload["function"])
         if not callable(fn):
             return _report("missing", f"no function named {payload['function']!r}")
-        value = fn(*payload["args"], **payload["kwargs"])
+        call = payload["harness_fn"] or fn
+        value = call(*((fn,) if payload["harness_fn"] else ()), *payload["args"], **payload["kwargs"])
     except BaseException as e:  # SystemExit, KeyboardInterrupt, custom BaseException: all a failure
         return _report("raised", _describe(e))
     try:
@@ -218,6 +224,10 @@ def main() -> None:
     _write_all(fd, b"start\n")
     try:
         sys.path.extend(p for p in payload["sys_path"] if p not in sys.path)
+        payload["harness_fn"] = None
+        if payload["harness"]:  # trusted checker code; a failure here is the caller's: a setup error
+            module, _, name = payload["harness"].partition(":")
+            payload["harness_fn"] = vars(__import__(module, fromlist=[name]))[name]
         for module in payload["preload"]:
             try:
                 __import__(module)

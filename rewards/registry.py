@@ -16,7 +16,7 @@ from oss_grpo.rewards.protocol import RewardFn
 from oss_grpo.rl.errors import PluginError, UnknownPlugin
 
 BUILTIN_MODULES = ("oss_grpo.rewards.game2048", "oss_grpo.rewards.game2048_strategy",
-                   "oss_grpo.rewards.harmony_format")
+                   "oss_grpo.rewards.harmony_format", "oss_grpo.rewards.kernelgen")
 """Modules whose `@reward` functions are the built-in rewards; imported on the first lookup."""
 ENTRY_POINT_GROUP = "oss_grpo.rewards"
 """Installed packages publish rewards here: `[project.entry-points."oss_grpo.rewards"] name = "pkg.mod:fn"`."""

@@ -157,6 +157,8 @@ def run(
     disk_mb: int = 16,
     output_limit_bytes: int = 64 * 1024,
     result_limit_bytes: int = 1 << 20,
+    env: Mapping[str, str] | None = None,
+    harness: str | None = None,
 ) -> SandboxResult:
     """Run `function(*args, **kwargs)` defined by `source` in a fresh jail and return what happened.
 
@@ -171,6 +173,11 @@ def run(
         disk_mb: Size of the private working directory and the largest file the code may write.
         output_limit_bytes: Cap of stdout and of stderr each; going past it kills the code.
         result_limit_bytes: Cap of the JSON-encoded return value.
+        env: Extra environment variables of the child (e.g. `TRITON_INTERPRET=1`), set before anything imports.
+        harness: Trusted `module:function` imported before lock-down and called as `harness(fn, *args, **kwargs)`
+            in place of `fn(*args, **kwargs)`, so a checker can draw inputs, poison outputs and run trials in the
+            same process as the code (one start-up for many trials); its return value is the result. It runs
+            beside the code, so whatever it returns is as forgeable as `fn`'s own value: verdicts stay in the parent.
 
     Raises:
         SandboxError: only for bad arguments from the caller or a sandbox that cannot start.
@@ -178,6 +185,7 @@ def run(
     start = time.monotonic()
     _validate(source, function, timeout_s, memory_mb, allowed_imports, disk_mb, output_limit_bytes,
               result_limit_bytes)
+    _validate_extras(env, harness)
     try:
         # Through JSON and back: validates, copies, and gives the child exactly what JSON would.
         call = json.loads(json.dumps({"args": list(args), "kwargs": dict(kwargs or {})}))
@@ -203,7 +211,7 @@ def run(
         "namespaces": iso.namespaces, "privileged": iso.root, "uid": uid,
         "seccomp": _seccomp.build_filter() if iso.seccomp else None,
         "memory_mb": memory_mb, "disk_mb": disk_mb, "cpu_s": math.ceil(timeout_s) + 1,
-        "result_items": 1_000_000, "result_limit": result_limit_bytes,
+        "result_items": 1_000_000, "result_limit": result_limit_bytes, "harness": harness,
     }
     cmd = [sys.executable, "-I", "-S", "-B", str(_CHILD)]
     if iso.namespaces:
@@ -213,7 +221,7 @@ def run(
             os.chown(workdir, uid, uid)  # with namespaces a tmpfs owned by uid is mounted over it instead
         # Only without a PID namespace and without seccomp can the code leave processes behind.
         sweep_uid = uid if not iso.namespaces and not iso.seccomp else None
-        out = supervise(cmd, _CHILD_ENV, payload, workdir, start + timeout_s, output_limit_bytes,
+        out = supervise(cmd, {**(env or {}), **_CHILD_ENV}, payload, workdir, start + timeout_s, output_limit_bytes,
                         result_limit_bytes, sweep_uid)
     return _classify(out, timeout_s, output_limit_bytes, result_limit_bytes, time.monotonic() - start)
 
@@ -232,6 +240,16 @@ def _validate(source: str, function: str, timeout_s: float, memory_mb: int, allo
         raise SandboxError(f"allowed_imports={allowed_imports!r}: must be a collection of module names")
     if not all(isinstance(n, int) and n > 0 for n in sizes):
         raise SandboxError(f"disk_mb, output_limit_bytes and result_limit_bytes must be positive ints: {sizes}")
+
+
+def _validate_extras(env: Mapping[str, str] | None, harness: str | None) -> None:
+    if env is not None and not all(isinstance(k, str) and isinstance(v, str) and k and "=" not in k
+                                   for k, v in env.items()):
+        raise SandboxError(f"env={env!r}: must map variable names to str values")
+    if harness is not None:
+        module, sep, fn = harness.partition(":") if isinstance(harness, str) else ("", "", "")
+        if not sep or not fn.isidentifier() or not all(part.isidentifier() for part in module.split(".")):
+            raise SandboxError(f"harness={harness!r}: must be 'package.module:function'")
 
 
 def _classify(out: ChildOutcome, timeout_s: float, output_limit: int, result_limit: int,

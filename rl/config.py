@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import yaml
 
+from oss_grpo.envs.kernelgen import KERNEL_TASKS
 from oss_grpo.rl.errors import ConfigError
 
 
@@ -47,6 +48,9 @@ class TrainConfig:
     """How many distinct tasks (2048: starting boards) the training set holds."""
     rewards: dict[str, float] = field(default_factory=lambda: {"game2048_move": 1.0})
     """Reward functions by registered name (or `pkg.module:fn`) and their weights; the weighted sum is the reward."""
+    kernelgen_tasks: list[str] = field(default_factory=lambda: [
+        "softmax", "rmsnorm", "layernorm", "swiglu", "matmul_bias", "mxfp4_dequantize"])
+    """Kernel-generation env only: the task ids (oss_grpo/envs/kernelgen.py) the prompts cycle through."""
     reward_on_error: float = 0.0
     """Score given when a reward function raises or returns NaN (the event is logged and counted)."""
     developer_instructions: str = "You play the game 2048. Answer with exactly one move: up, down, left or right."
@@ -128,6 +132,10 @@ class TrainConfig:
             raise ConfigError(f"strategy_timeout_s={self.strategy_timeout_s}: must be seconds in (0, 3600]")
         if not self.rewards:
             raise ConfigError("rewards: at least one reward function is needed")
+        unknown = [t for t in self.kernelgen_tasks if t not in KERNEL_TASKS]
+        if not self.kernelgen_tasks or unknown:
+            raise ConfigError(f"kernelgen_tasks={self.kernelgen_tasks!r}: needs task ids among "
+                              f"{', '.join(KERNEL_TASKS)}")
         if not self.lora_target_modules:
             raise ConfigError("lora_target_modules: at least one module name is needed")
 

@@ -14,6 +14,7 @@ from datasets import Dataset
 
 from oss_grpo.envs.game2048 import MOVES, render_board, starting_boards
 from oss_grpo.envs.game2048_strategy import STRATEGY_PROMPT, WARM_START_ANSWERS
+from oss_grpo.envs.kernelgen import KERNEL_TASKS, prompt
 from oss_grpo.rewards.game2048_strategy import ALLOWED_IMPORTS
 from oss_grpo.rl.config import TrainConfig
 from oss_grpo.rl.errors import PluginError, UnknownPlugin
@@ -43,9 +44,18 @@ def game2048_strategy_tasks(config: TrainConfig) -> tuple[Dataset, list[str]]:
     }), list(WARM_START_ANSWERS)
 
 
+def kernelgen_tasks(config: TrainConfig) -> tuple[Dataset, list[str]]:
+    """`num_tasks` prompts cycling through `kernelgen_tasks`; rewards read the `kernel_task` column. No action names:
+    the answer is free-form code."""
+    names = [config.kernelgen_tasks[i % len(config.kernelgen_tasks)] for i in range(config.num_tasks)]
+    prompts = [[{"role": "user", "content": prompt(KERNEL_TASKS[name])}] for name in names]
+    return Dataset.from_dict({"prompt": prompts, "kernel_task": names}), []
+
+
 TASKS: dict[str, TaskBuilder] = {
     "oss_grpo/Game2048-v0": game2048_tasks,
     "oss_grpo/Game2048Strategy-v0": game2048_strategy_tasks,
+    "oss_grpo/KernelGen-v0": kernelgen_tasks,
 }
 """Environment id -> builder of (dataset with a `prompt` column, the answers constrained decoding may choose)."""
 

@@ -90,6 +90,8 @@ CHECKED_ON = {  # the config whose env gives each built-in reward its columns; a
     "game2048_strategy_runs": "configs/2048-strategy-tiny.yaml",
     "game2048_strategy_clean": "configs/2048-strategy-tiny.yaml",
     "game2048_strategy_max_tile": "configs/2048-strategy-tiny.yaml",
+    "kernel_runs": "configs/kernelgen-tiny.yaml", "kernel_correct": "configs/kernelgen-tiny.yaml",
+    "kernel_speedup": "configs/kernelgen-tiny.yaml",
 }
 
 
