@@ -20,10 +20,11 @@ def tiny_config(
     num_local_experts: int = 4,
     num_experts_per_tok: int = 2,
     sliding_window: int = 32,
+    vocab_size: int = VOCAB_SIZE,
 ) -> GptOssConfig:
     """gpt-oss-20b's architecture shrunk: 4 query / 2 KV heads of 16, experts as wide as the hidden size."""
     return GptOssConfig(
-        vocab_size=VOCAB_SIZE,
+        vocab_size=vocab_size,
         hidden_size=hidden_size,
         intermediate_size=hidden_size,
         num_hidden_layers=num_hidden_layers,
@@ -35,8 +36,8 @@ def tiny_config(
         sliding_window=sliding_window,
         layer_types=["sliding_attention", "full_attention"] * (num_hidden_layers // 2),
         max_position_embeddings=4096,
-        eos_token_id=RETURN_ID,
-        pad_token_id=PAD_ID,
+        eos_token_id=RETURN_ID if vocab_size > RETURN_ID else None,  # a shrunk vocabulary (tests) has no Harmony ids
+        pad_token_id=PAD_ID if vocab_size > PAD_ID else None,
         tie_word_embeddings=False,
     )
 
