@@ -131,6 +131,111 @@ def _mxfp4_matmul_transposed_kernel(
 
 
 @triton.jit
+def _e2m1_to_bf16(codes, scales, BY_MULTIPLY: tl.constexpr):
+    """e2m1 codes (int32, the code in bits 0..3) and their e8m0 scales (int32) -> the exact bfloat16 values.
+
+    BY_MULTIPLY: the code's 3 magnitude bits land in the float32 exponent/mantissa as (c & 7) << 22, which reads as
+    the code times 2^-126 (0.5 becomes a denormal); two exact float multiplies by 2^126 and 2^(s - 127) finish it: 3
+    integer and 2 float ops a code. Otherwise the bf16 bits are built whole: (c & 7) << 6 is e << 7 | m << 6, plus
+    (s - 1) << 7 makes the exponent field e - 1 + s, with 0.5 and 0 handled apart (about 11 integer ops).
+    """
+    if BY_MULTIPLY:
+        raw = (((codes & 7) << 22) | ((codes & 8) << 28)).to(tl.float32, bitcast=True)
+        return (raw * 8.507059173023462e37 * (scales << 23).to(tl.float32, bitcast=True)).to(tl.bfloat16)  # 2^126
+    scale_bits = (scales - 1) << 7
+    mag = (codes & 7) << 6
+    bits = tl.where(mag > 64, mag + scale_bits, tl.where(mag == 64, scale_bits, 0)) | ((codes & 8) << 12)
+    return bits.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+
+
+@triton.jit
+def _weight_tile(W, S, n, n_ok, b0, K_BYTES, stride_wn, stride_sn,
+                 DOT_DTYPE: tl.constexpr, BY_MULTIPLY: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_BYTES: tl.constexpr):  # fmt: skip
+    """Rows n of W_e, bytes b0 .. b0 + BLOCK_BYTES, dequantised: (even k, odd k), each [BLOCK_N, BLOCK_BYTES]. The
+    scales, one byte per 16 bytes of codes, are loaded once and broadcast in registers."""
+    byte = b0 + tl.arange(0, BLOCK_BYTES)
+    codes = tl.load(W + n[:, None] * stride_wn + byte[None, :], mask=n_ok[:, None] & (byte[None, :] < K_BYTES), other=0)
+    codes = codes.to(tl.int32)
+    group = b0 // 16 + tl.arange(0, BLOCK_BYTES // 16)
+    s_ok = n_ok[:, None] & (group[None, :] < K_BYTES // 16)
+    s = tl.load(S + n[:, None] * stride_sn + group[None, :], mask=s_ok, other=127).to(tl.int32)
+    s = tl.reshape(tl.broadcast_to(s[:, :, None], (BLOCK_N, BLOCK_BYTES // 16, 16)), (BLOCK_N, BLOCK_BYTES))
+    even = _e2m1_to_bf16(codes & 15, s, BY_MULTIPLY).to(DOT_DTYPE)
+    odd = _e2m1_to_bf16(codes >> 4, s, BY_MULTIPLY).to(DOT_DTYPE)
+    return even, odd
+
+
+@triton.jit
+def _mxfp4_wx_kernel(
+    X, Y, W, S, Bias, Offsets, TileExpert, TileRow,
+    N, K_BYTES,
+    stride_xm, stride_xhalf, stride_ym, stride_we, stride_wn, stride_se, stride_sn, stride_be,
+    HAS_BIAS: tl.constexpr, DOT_DTYPE: tl.constexpr, BY_MULTIPLY: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """y^T = W_e x^T: the dequantised weights are the left operand, straight from registers into the tensor cores,
+    and a tile can hold as few as 16 rows. X holds x's even and odd columns apart, X[0] = x[:, 0::2] and
+    X[1] = x[:, 1::2] (stride_xhalf between them), to meet the low and high nibbles of each byte."""
+    expert, rows, row_ok = _tile(TileExpert, TileRow, Offsets, BLOCK_M)
+    if expert < 0:
+        return
+    n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = n < N
+    W += expert * stride_we
+    S += expert * stride_se
+    acc_even = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    acc_odd = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    for b0 in range(0, K_BYTES, BLOCK_K // 2):
+        w_even, w_odd = _weight_tile(W, S, n, n_ok, b0, K_BYTES, stride_wn, stride_sn,
+                                     DOT_DTYPE, BY_MULTIPLY, BLOCK_N, BLOCK_K // 2)  # fmt: skip
+        byte = b0 + tl.arange(0, BLOCK_K // 2)
+        x_ptr = X + rows[:, None] * stride_xm + byte[None, :]
+        x_ok = row_ok[:, None] & (byte[None, :] < K_BYTES)
+        x_even = tl.load(x_ptr, mask=x_ok, other=0.0).to(DOT_DTYPE)
+        x_odd = tl.load(x_ptr + stride_xhalf, mask=x_ok, other=0.0).to(DOT_DTYPE)
+        acc_even = tl.dot(w_even, tl.trans(x_even), acc_even, input_precision="ieee")
+        acc_odd = tl.dot(w_odd, tl.trans(x_odd), acc_odd, input_precision="ieee")
+    acc = acc_even + acc_odd
+    if HAS_BIAS:
+        acc += tl.load(Bias + expert * stride_be + n, mask=n_ok, other=0.0).to(tl.float32)[:, None]
+    y_ok = n_ok[:, None] & row_ok[None, :]
+    tl.store(Y + rows[None, :] * stride_ym + n[:, None], acc.to(Y.dtype.element_ty), mask=y_ok)
+
+
+@triton.jit
+def _mxfp4_wx_transposed_kernel(
+    DY, DX, W, S, Offsets, TileExpert, TileRow,
+    N, K_BYTES,
+    stride_dym, stride_dxm, stride_we, stride_wn, stride_se, stride_sn,
+    DOT_DTYPE: tl.constexpr, BY_MULTIPLY: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """dx^T = W_e^T dy^T for BLOCK_K output columns: the dequantised weights, transposed, are the left operand."""
+    expert, rows, row_ok = _tile(TileExpert, TileRow, Offsets, BLOCK_M)
+    if expert < 0:
+        return
+    b0 = tl.program_id(1) * (BLOCK_K // 2)
+    W += expert * stride_we
+    S += expert * stride_se
+    acc_even = tl.zeros((BLOCK_K // 2, BLOCK_M), dtype=tl.float32)
+    acc_odd = tl.zeros((BLOCK_K // 2, BLOCK_M), dtype=tl.float32)
+    for n0 in range(0, N, BLOCK_N):
+        n = n0 + tl.arange(0, BLOCK_N)
+        n_ok = n < N
+        w_even, w_odd = _weight_tile(W, S, n, n_ok, b0, K_BYTES, stride_wn, stride_sn,
+                                     DOT_DTYPE, BY_MULTIPLY, BLOCK_N, BLOCK_K // 2)  # fmt: skip
+        dy = tl.load(DY + rows[:, None] * stride_dym + n[None, :], mask=row_ok[:, None] & n_ok[None, :], other=0.0)
+        dy_t = tl.trans(dy.to(DOT_DTYPE))  # [BLOCK_N, BLOCK_M]
+        acc_even = tl.dot(tl.trans(w_even), dy_t, acc_even, input_precision="ieee")
+        acc_odd = tl.dot(tl.trans(w_odd), dy_t, acc_odd, input_precision="ieee")
+    byte = b0 + tl.arange(0, BLOCK_K // 2)
+    dx_ptr = DX + rows[None, :] * stride_dxm + 2 * byte[:, None]
+    dx_ok = (byte[:, None] < K_BYTES) & row_ok[None, :]
+    tl.store(dx_ptr, acc_even.to(DX.dtype.element_ty), mask=dx_ok)
+    tl.store(dx_ptr + 1, acc_odd.to(DX.dtype.element_ty), mask=dx_ok)
+
+
+@triton.jit
 def _grouped_matmul_kernel(
     X, Y, V, Offsets, TileExpert, TileRow,
     N, K,

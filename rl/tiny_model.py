@@ -43,12 +43,18 @@ def tiny_config(
 
 
 def build_tiny_model(seed: int = 0, dtype: torch.dtype = torch.float32, **config_overrides: int) -> GptOssForCausalLM:
-    """Random-weight tiny gpt-oss, deterministic for a seed (weights are never zeros: sinks and biases are random too)."""
+    """Random-weight tiny gpt-oss, deterministic for a seed (weights are never zeros: sinks and biases are random too).
+
+    The weights are drawn in float32 and then cast, so the bf16 model is the float32 one rounded: drawing straight
+    into bf16 tensors gives other numbers on some torch builds (torch 2.11's CPU `normal_` does), which made a bf16
+    and a float32 tiny model of the same seed two different models.
+    """
     torch.manual_seed(seed)
-    model = GptOssForCausalLM(tiny_config(**config_overrides)).to(dtype)
+    model = GptOssForCausalLM(tiny_config(**config_overrides))
     with torch.no_grad():
         for name, param in model.named_parameters():
             if name.endswith(("sinks", "bias")):
                 param.normal_(0.0, 0.02)
+    model.to(dtype)
     model.eval()
     return model
