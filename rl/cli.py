@@ -27,7 +27,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     export = commands.add_parser("export", help="write a trained run as a merged checkpoint and/or its adapter")
     export.add_argument("run_dir", help="folder of a finished `oss-grpo train` run (holds config.yaml and final/)")
     export.add_argument("--merged", metavar="OUT",
-                        help="Hugging Face checkpoint with every LoRA (attention and experts) merged, experts dequantised")
+                        help="Hugging Face checkpoint, every LoRA (attention, experts) merged, experts dequantised")
     export.add_argument("--adapter", metavar="OUT", help="the PEFT adapter alone (attention and expert factors)")
     export.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16", help="dtype of --merged")
     args = parser.parse_args(argv)

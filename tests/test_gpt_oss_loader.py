@@ -71,8 +71,8 @@ def test_logits_equal_transformers_on_the_dequantised_experts(checkpoint) -> Non
     folder, _ = checkpoint
     model = load_mxfp4_gpt_oss(folder, torch.float32)
     reference = build_tiny_model(seed=0, **SHAPE)
-    reference.load_state_dict({n: t for n, t in model.state_dict().items() if "_blocks" not in n and "_scales" not in n},
-                              strict=False)
+    dense = {name: t for name, t in model.state_dict().items() if not name.endswith(("_blocks", "_scales"))}
+    reference.load_state_dict(dense, strict=False)
     for ours, theirs in zip(model.model.layers, reference.model.layers):
         for proj in PROJECTIONS:
             w = dequantize(getattr(ours.mlp.experts, f"{proj}_blocks"), getattr(ours.mlp.experts, f"{proj}_scales"))
@@ -108,7 +108,8 @@ def test_loading_never_makes_a_float_expert_stack(checkpoint) -> None:
 def test_policy_loads_a_checkpoint_folder(checkpoint) -> None:
     folder, source = checkpoint
     model = load_policy(TrainConfig(model=str(folder), dtype="bfloat16", device="cpu"))
-    assert torch.equal(model.model.layers[0].mlp.experts.down_proj_blocks, source.model.layers[0].mlp.experts.down_proj_blocks)
+    ours, theirs = model.model.layers[0].mlp.experts, source.model.layers[0].mlp.experts
+    assert torch.equal(ours.down_proj_blocks, theirs.down_proj_blocks)
 
 
 def test_missing_and_unexpected_tensors_are_named(checkpoint, tmp_path) -> None:
