@@ -9,7 +9,8 @@ For each model (hidden 2880, intermediate 2880, top-4; 32 or 128 experts), proje
 down_proj: N=2880; K=2880) and number of routed rows M (token copies after random top-4 routing), it times in the
 same run, median of triton.testing.do_bench (which flushes L2 between runs, so weights come from HBM):
 
-    mxfp4        ours: forward = grouped tl.dot_scaled, backward (dX = dY W) = grouped in-kernel dequant
+    mxfp4        ours (kernels/mxfp4_matmul.py): forward = in-register dequant, weights as the left dot operand
+                 ("wx") up to 96 rows per expert, tl.dot_scaled beyond; backward (dX = dY W) = "wx" transposed
     bf16 grouped cuBLAS/CUTLASS grouped GEMM (torch._grouped_mm) on weights dequantised beforehand
     dense        one cuBLAS bf16 GEMM of the same M x N x K: the ceiling for any grouped kernel
     deq+grouped  dequantise the whole stack to bf16 (plain torch) on every call, then the grouped GEMM
@@ -192,7 +193,7 @@ def markdown(results: list[dict], bandwidth: float) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="20b,120b", help="comma list of " + ", ".join(EXPERTS))
-    parser.add_argument("--rows", default="16,64,256,1024,4096,16384", help="routed rows M (tokens x top-4)")
+    parser.add_argument("--rows", default="16,64,256,1024,2048,4096,16384", help="routed rows M (tokens x top-4)")
     parser.add_argument("--memory-tokens", type=int, default=2048, help="tokens for the peak-memory check")
     args = parser.parse_args()
     if not torch.cuda.is_available():
