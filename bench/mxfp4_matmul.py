@@ -174,8 +174,9 @@ def markdown(results: list[dict], bandwidth: float) -> str:
     lines = [
         f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}; copy bandwidth "
         f"{bandwidth / 1e9:.0f} GB/s; times in us (median).",
-        f"Tiles (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) for < 16 / < 96 / more rows per expert: forward"
-        f" {[tuple(t) for t in FORWARD_TILES]}, backward dX {[tuple(t) for t in TRANSPOSED_TILES]}.",
+        "Tiles (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages, scaled) below each bound of mean rows per expert: forward"
+        f" {[(bound, tuple(t)) for bound, t in FORWARD_TILES]},"
+        f" dX {[(bound, tuple(t)) for bound, t in TRANSPOSED_TILES]}.",
         "",
         "| model | proj | pass | rows M | rows/expert | mxfp4 (ours) | bf16 grouped | dense bf16 | deq+grouped"
         " | ours vs bf16 grouped | ours floor (HBM) | rel. err vs fp32 |",

@@ -33,16 +33,25 @@ class Tiles(NamedTuple):
 
 # Picked on an H100 by bench/mxfp4_tune.py (gpt-oss-20b gate_up, docs/BENCHMARKS.md), by the mean routed rows per
 # expert: every tile of an expert re-reads (and re-dequantises) that expert's weights, so few rows want short tiles
-# and many rows long ones. Index: 0 for < 16 rows per expert, 1 for < 96, 2 beyond. For the forward with many rows
+# and many rows long ones. Each entry serves mean rows per expert below its bound. For the forward with many rows
 # tl.dot_scaled measured 2-6% faster than the wx kernel on the H100 (and is native on Blackwell).
-FORWARD_TILES = (Tiles(16, 64, 128, 4, 4), Tiles(64, 128, 128, 4, 3), Tiles(128, 128, 128, 8, 3, scaled=True))
-TRANSPOSED_TILES = (Tiles(16, 64, 128, 4, 4), Tiles(128, 128, 128, 8, 3), Tiles(256, 64, 128, 8, 3))
+FORWARD_TILES = (
+    (24, Tiles(16, 64, 128, 4, 4)),
+    (96, Tiles(64, 128, 128, 4, 3)),
+    (float("inf"), Tiles(128, 128, 128, 8, 3, scaled=True)),
+)
+TRANSPOSED_TILES = (
+    (16, Tiles(16, 64, 128, 4, 4)),
+    (48, Tiles(32, 64, 128, 4, 4)),
+    (96, Tiles(128, 128, 128, 8, 3)),
+    (float("inf"), Tiles(256, 64, 128, 8, 3)),
+)
 
 
-def pick_tiles(table: tuple[Tiles, Tiles, Tiles], groups: ExpertGroups) -> Tiles:
+def pick_tiles(table: tuple[tuple[float, Tiles], ...], groups: ExpertGroups) -> Tiles:
     """The entry of `table` for the mean rows per expert, known on the host (no sync)."""
     per_expert = groups.num_rows / groups.num_experts
-    return table[0] if per_expert < 16 else table[1] if per_expert < 96 else table[2]
+    return next(tiles for bound, tiles in table if per_expert < bound)
 
 
 def runs_triton(x: torch.Tensor) -> bool:
