@@ -57,6 +57,11 @@ class TrainConfig:
     """Decode only well-formed final answers naming one of the environment's actions (the sampled distribution is the
     policy's, renormalised over them). A warm start for tiny random models, which never emit valid Harmony otherwise."""
 
+    max_turns: int = 1
+    """Turns per episode. 1: one answer per prompt. More: after each answer the environment steps and its new state
+    is appended as a Harmony user message, the model answers again, up to this many turns (the episode ends early on
+    an answer naming no action or a finished game); the environment's tokens are masked out of the loss."""
+
     # --- generation ---
     group_size: int = 8
     """Completions sampled per prompt (G in the GRPO paper); advantages are normalised within each group."""
@@ -110,7 +115,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         positive = ["tiny_hidden_size", "lora_r", "lora_alpha", "num_tasks", "prompts_per_step",
-                    "max_completion_tokens", "max_steps", "save_steps", "vllm_max_model_len"]
+                    "max_completion_tokens", "max_steps", "save_steps", "vllm_max_model_len", "max_turns"]
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}={getattr(self, name)}: must be a positive integer")

