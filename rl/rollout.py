@@ -9,14 +9,13 @@ the loss, `parsed` is the first turn's answer (the one about the prompt's board)
 
 from typing import Any
 
-from oss_grpo.rl.errors import ConfigError
 
 from oss_grpo.rl.config import TrainConfig
 from oss_grpo.rl.episode import play_episodes
 from oss_grpo.rl.generator import Generator, Sampling
 from oss_grpo.rl.harmony import harmony_tokenizer, render_prompt_ids, stop_token_ids
 from oss_grpo.rl.hf_generator import TransformersGenerator
-from oss_grpo.rl.tasks import TURN_BASED, Turns
+from oss_grpo.rl.tasks import Turns
 
 
 def final_answer_ids(text: str) -> list[int]:
@@ -60,9 +59,7 @@ class Rollout:
 
     def _episodes(self, generator: Generator, prompts: list[list[dict[str, str]]], prompt_ids: list[list[int]],
                   sampling: Sampling) -> dict[str, list]:
-        if self.turns is None:
-            raise ConfigError(f"max_turns={self.config.max_turns}: env={self.config.env!r} has no multi-turn play; "
-                              f"known: {', '.join(TURN_BASED)}")
+        assert self.turns is not None, "rl/train.py checks that max_turns > 1 has an environment that plays turns"
         envs = [self.turns.env_for(messages) for messages in prompts]
         episodes = play_episodes(generator, prompt_ids, envs, self.turns.act, self.turns.observe, sampling,
                                  self.config.max_turns, self.allowed)

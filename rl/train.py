@@ -77,6 +77,9 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
 
     if config.env not in TASKS:
         raise ConfigError(f"env={config.env!r}: unknown environment; known: {', '.join(TASKS)}")
+    if config.max_turns > 1 and config.env not in TURN_BASED:
+        raise ConfigError(f"max_turns={config.max_turns}: env={config.env!r} has no multi-turn play; "
+                          f"known: {', '.join(TURN_BASED)}")
     rewards = [GuardedReward(name, get_reward(name), config.reward_on_error) for name in config.rewards]
     run_dir = Path(config.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -98,11 +101,12 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
         rollout_func=rollout,
         callbacks=[MetricsCallback(run_dir), CompleteMarker()],
     )
+    engine = None
     if rollout_backend(config) == "vllm":
         from oss_grpo.rl.vllm_generator import VllmGenerator
 
-        rollout.generator = VllmGenerator.from_policy(trainer.model, config)
-        attach(trainer, rollout.generator, config.constrain_to_actions)  # TRL syncs it after each optimizer step
+        engine = rollout.generator = VllmGenerator.from_policy(trainer.model, config)
+        attach(trainer, engine, config.constrain_to_actions)  # TRL syncs it after each optimizer step
     if checkpoint:
         log.info("resuming from %s", checkpoint)
     try:
@@ -110,6 +114,9 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     except GeneratorError as err:
         stopped_at = save_checkpoint_now(trainer)
         raise GeneratorError(f"{err} (saved {stopped_at}; fix the cause, then resume with --resume {run_dir})") from err
+    finally:
+        if engine is not None:
+            engine.close()
     trainer.save_model(str(run_dir / "final"))
     harmony_tokenizer().save_pretrained(run_dir / "final")
     plot_reward_curve(run_dir)

