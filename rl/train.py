@@ -7,6 +7,7 @@ this file only wires our parts into its documented hooks: `rollout_func` (Harmon
 
 import importlib.util
 import logging
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -73,14 +74,16 @@ def rollout_backend(config: TrainConfig) -> str:
 
 def train(config: TrainConfig, resume: bool = False) -> Path:
     """Train and return the run folder; with `resume`, continue from its newest complete checkpoint."""
-    from trl import GRPOTrainer
-
     if config.env not in TASKS:
         raise ConfigError(f"env={config.env!r}: unknown environment; known: {', '.join(TASKS)}")
     if config.max_turns > 1 and config.env not in TURN_BASED:
         raise ConfigError(f"max_turns={config.max_turns}: env={config.env!r} has no multi-turn play; "
                           f"known: {', '.join(TURN_BASED)}")
     rewards = [GuardedReward(name, get_reward(name), config.reward_on_error) for name in config.rewards]
+    # TRL warns when the installed vLLM is newer than its own vLLM integration supports; we drive vLLM ourselves.
+    warnings.filterwarnings("ignore", message="TRL currently supports vLLM versions")
+    from trl import GRPOTrainer  # after the checks above: a bad config fails fast and quietly
+
     run_dir = Path(config.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = latest_checkpoint(run_dir) if resume else None
