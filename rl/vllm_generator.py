@@ -12,7 +12,7 @@
 4. Constrained decoding (`allowed`) is a vLLM logits processor doing what rl/choice_constraint.py does for
    transformers: per step, only tokens that keep the completion a prefix of an allowed one, so the sample comes from
    the policy's own distribution renormalised over the allowed continuations.
-5. Sleep/wake (freeing the KV cache and weights for the optimizer step) exists in vLLM on GPUs only.
+5. Not yet: sleep/wake around the optimizer step (vLLM has it on GPUs only, and no GPU vLLM was available to test it).
 vLLM is imported here and nowhere else.
 """
 
@@ -76,12 +76,11 @@ class VllmGenerator:
         seed: int = 0,
     ) -> None:
         self.stop_ids = stop_ids
-        on_gpu = torch.cuda.is_available()
         try:
             self.llm = LLM(
                 model=str(model_dir), dtype=dtype, seed=seed, max_model_len=max_model_len,
                 gpu_memory_utilization=memory_utilization,  # on CPU: the share of RAM for weights and KV cache
-                enforce_eager=not on_gpu, enable_sleep_mode=on_gpu,
+                enforce_eager=not torch.cuda.is_available(),  # CUDA graphs on GPUs only
                 skip_tokenizer_init=True,  # ids in, ids out: Harmony is rendered and parsed by rl/harmony.py
                 logprobs_mode="processed_logprobs", logits_processors=[ChoiceLogitsProcessor],
             )
@@ -144,12 +143,3 @@ class VllmGenerator:
         self.llm.llm_engine.engine_core.shutdown()
         del self.llm
         gc.collect()
-
-    def sleep(self) -> None:
-        """Free the KV cache and offload weights while the trainer steps (GPU only; a no-op on CPU)."""
-        if torch.cuda.is_available():
-            self.llm.sleep(level=1)
-
-    def wake_up(self) -> None:
-        if torch.cuda.is_available():
-            self.llm.wake_up()
