@@ -26,6 +26,8 @@ class TrainConfig:
     path or hub id of a gpt-oss checkpoint in Hugging Face layout."""
     tiny_hidden_size: int = 64
     """Hidden size (and expert width) of the tiny model; ignored for real checkpoints."""
+    tiny_head_dim: int = 32
+    """Attention head width of the tiny model; ignored for real checkpoints. vLLM's CPU attention needs >= 32."""
     dtype: Literal["float32", "bfloat16"] = "float32"
     """Dtype of the non-quantised weights. float32 on CPU (bf16 matmuls are slow there), bfloat16 on GPUs.
     Never float16: gpt-oss's MoE overflows in fp16."""
@@ -114,7 +116,7 @@ class TrainConfig:
     """Where to train: auto picks cuda when available."""
 
     def __post_init__(self) -> None:
-        positive = ["tiny_hidden_size", "lora_r", "lora_alpha", "num_tasks", "prompts_per_step",
+        positive = ["tiny_hidden_size", "tiny_head_dim", "lora_r", "lora_alpha", "num_tasks", "prompts_per_step",
                     "max_completion_tokens", "max_steps", "save_steps", "vllm_max_model_len", "max_turns"]
         for name in positive:
             if getattr(self, name) <= 0:

@@ -16,7 +16,8 @@ from oss_grpo.rl.tiny_model import build_tiny_model
 def load_policy(config: TrainConfig) -> PreTrainedModel:
     dtype = getattr(torch, config.dtype)
     if config.model == "tiny":
-        model = build_tiny_model(seed=config.seed, dtype=dtype, hidden_size=config.tiny_hidden_size)
+        model = build_tiny_model(seed=config.seed, dtype=dtype, hidden_size=config.tiny_hidden_size,
+                                 head_dim=config.tiny_head_dim)
     else:
         model = AutoModelForCausalLM.from_pretrained(config.model, dtype=dtype)
     return swap_experts(model) if config.mxfp4_experts else model

@@ -20,11 +20,12 @@ def tiny_config(
     num_local_experts: int = 4,
     num_experts_per_tok: int = 2,
     sliding_window: int = 32,
-    head_dim: int = 32,
+    head_dim: int = 16,
 ) -> GptOssConfig:
     """gpt-oss-20b's architecture shrunk: 4 query / 2 KV heads, experts as wide as the hidden size.
 
-    Heads are 32 wide, not smaller: vLLM's CPU attention kernel supports head sizes of 32 and up only.
+    vLLM's CPU attention kernel supports head sizes of 32 and up only: policies it serves are built with head_dim=32
+    (`TrainConfig.tiny_head_dim`).
     """
     return GptOssConfig(
         vocab_size=VOCAB_SIZE,
