@@ -37,6 +37,7 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 from vllm import LLM, SamplingParams  # noqa: E402  (after the environment variable it reads)
 from vllm.exceptions import VLLMError  # noqa: E402
 from vllm.inputs import TokensPrompt  # noqa: E402
+from vllm.outputs import CompletionOutput  # noqa: E402
 from vllm.v1.sample.logits_processor import AdapterLogitsProcessor  # noqa: E402
 
 ALLOWED_KEY = "oss_grpo_allowed"
@@ -121,7 +122,7 @@ class VllmGenerator:
             raise GeneratorError(f"vLLM generation failed for {len(prompts)} prompts: {err}") from err
         return [self._completion(prompt, out.outputs[0]) for prompt, out in zip(prompts, outputs)]
 
-    def _completion(self, prompt: list[int], sample) -> Completion:  # sample: vllm CompletionOutput
+    def _completion(self, prompt: list[int], sample: CompletionOutput) -> Completion:
         ids = list(sample.token_ids)
         if not ids or sample.logprobs is None:
             raise GeneratorError(f"vLLM returned an empty completion (finish reason {sample.finish_reason!r}): "
