@@ -9,7 +9,6 @@ the loss, `parsed` is the first turn's answer (the one about the prompt's board)
 
 from typing import Any
 
-
 from oss_grpo.rl.config import TrainConfig
 from oss_grpo.rl.episode import play_episodes
 from oss_grpo.rl.generator import Generator, Sampling
