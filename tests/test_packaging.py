@@ -36,12 +36,17 @@ def test_probe_is_the_same_from_the_repo_root(tmp_path: Path) -> None:
 
 
 def test_an_installed_kernel_hub_package_wins_over_our_folder(tmp_path: Path) -> None:
-    # A stand-in for Hugging Face's `kernels` (a package plus its dist-info, as pip installs it).
+    # A stand-in for Hugging Face's `kernels` (a package plus its dist-info, as pip installs it), at a version the
+    # installed transformers accepts (5.19 takes 0.17-0.18, 5.23 0.18.2-0.19).
+    from transformers.utils import import_utils
+
+    version = import_utils.KERNELS_MIN_VERSION
     site = tmp_path / "site"
     (site / "kernels").mkdir(parents=True)
     (site / "kernels" / "__init__.py").write_text("HUB = True\n")
-    (site / "kernels-0.18.5.dist-info").mkdir()
-    (site / "kernels-0.18.5.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: kernels\nVersion: 0.18.5\n")
+    (site / f"kernels-{version}.dist-info").mkdir()
+    (site / f"kernels-{version}.dist-info" / "METADATA").write_text(
+        f"Metadata-Version: 2.1\nName: kernels\nVersion: {version}\n")
     elsewhere, at_root = probe(tmp_path, site), probe(REPO, site)
     assert at_root == elsewhere
     assert at_root["kernels_origin"] == str(site / "kernels" / "__init__.py")
