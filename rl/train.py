@@ -16,7 +16,8 @@ from oss_grpo.rewards import get as get_reward
 from oss_grpo.rewards.guard import GuardedReward
 from oss_grpo.rl.checkpoint import CompleteMarker, checkpoint_step, latest_checkpoint
 from oss_grpo.rl.config import TrainConfig
-from oss_grpo.rl.harmony import harmony_tokenizer
+from oss_grpo.rl.harmony import harmony_tokenizer, render_prompt_ids
+from oss_grpo.rl.memory import estimate_memory, gpu_budget, memory_report, model_shape
 from oss_grpo.rl.metrics import MetricsCallback, plot_reward_curve, truncate_metrics
 from oss_grpo.rl.policy import load_policy, lora_config
 from oss_grpo.rl.rollout import Rollout
@@ -41,16 +42,29 @@ def score_only_completion_tokens() -> None:
 def grpo_args(config: TrainConfig, use_cpu: bool):
     from trl import GRPOConfig
 
+    batch = config.prompts_per_step * config.group_size
+    micro = config.micro_batch_size or batch  # TRL samples the whole batch once, then accumulates its micro-batches
     return GRPOConfig(
         output_dir=config.output_dir, seed=config.seed, use_cpu=use_cpu, bf16=config.dtype == "bfloat16",
-        num_generations=config.group_size, per_device_train_batch_size=config.prompts_per_step * config.group_size,
+        num_generations=config.group_size, per_device_train_batch_size=micro, gradient_accumulation_steps=batch // micro,
         max_completion_length=config.max_completion_tokens, temperature=config.temperature, top_p=config.top_p,
         top_k=config.top_k, loss_type=config.loss_type, beta=config.beta, epsilon=config.epsilon,
         learning_rate=config.learning_rate, lr_scheduler_type="constant", max_grad_norm=config.max_grad_norm,
         max_steps=config.max_steps, gradient_checkpointing=config.gradient_checkpointing,
         reward_weights=list(config.rewards.values()), save_steps=config.save_steps, logging_steps=1,
-        report_to=["tensorboard"], disable_tqdm=False, optim="adamw_torch",
+        report_to=config.report_to, disable_tqdm=False, optim="adamw_torch",
     )
+
+
+def announce(config: TrainConfig, prompts: list[list[dict[str, str]]]) -> None:
+    """Print the resolved config and the memory estimate, before any weight is loaded (a run that cannot fit should
+    say so in seconds, not after minutes of loading)."""
+    print(yaml.safe_dump(asdict(config), sort_keys=False), end="")
+    distinct = {repr(p): p for p in prompts}.values()
+    longest = max(len(render_prompt_ids(p, reasoning_effort=config.reasoning_effort,
+                                        developer_instructions=config.developer_instructions)) for p in distinct)
+    report, _ = memory_report(estimate_memory(config, model_shape(config), longest), gpu_budget(config))
+    print(f"longest prompt: {longest} tokens\n{report}", flush=True)
 
 
 def train(config: TrainConfig, resume: bool = False) -> Path:
@@ -68,6 +82,7 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     score_only_completion_tokens()
     use_cpu = config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available())
     dataset, actions = build_tasks(config)
+    announce(config, dataset["prompt"])
     trainer = GRPOTrainer(
         model=load_policy(config),
         reward_funcs=rewards,
