@@ -1,6 +1,7 @@
 """The `oss-grpo` command (also `python -m oss_grpo`).
 
     oss-grpo train CONFIG.yaml [--set key=value ...] [--resume DIR]
+    oss-grpo eval CONFIG.yaml --checkpoint DIR [--set key=value ...]
     oss-grpo check-plugin NAME [--config CONFIG.yaml] [--set key=value ...] [--max-seconds S]
 
 A config error, unknown plugin or missing file prints one line naming the key or file and exits with code 2,
@@ -22,11 +23,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     train.add_argument("config", help="YAML file of options (see docs/CONFIG.md)")
     train.add_argument("--resume", metavar="DIR",
                        help="continue the run in DIR from its newest complete checkpoint (sets output_dir=DIR)")
+    evaluate = commands.add_parser("eval", help="evaluate a checkpoint on its environment's held-out tasks")
+    evaluate.add_argument("config", help="the run's YAML config (its env, model and eval_* options)")
+    evaluate.add_argument("--checkpoint", required=True, metavar="DIR",
+                          help="a run's final/ or checkpoint-N/ folder (LoRA adapter)")
     check = commands.add_parser("check-plugin", help="validate a reward plugin (docs/PLUGINS.md)")
     check.add_argument("name", help="registered reward name, pkg.module:fn, path/to/file.py:fn or entry-point name")
     check.add_argument("--config", help="YAML file whose env (and its options) provides the sample tasks")
     check.add_argument("--max-seconds", type=float, default=1.0, help="slowest acceptable time per completion")
-    for command in (train, check):
+    for command in (train, evaluate, check):
         command.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                              help="override one option, e.g. --set max_steps=2 (repeatable)")
     return parser.parse_args(argv)
@@ -38,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "check-plugin":
             return check_plugin(args.name, args.config, args.overrides, args.max_seconds)
+        if args.command == "eval":
+            return evaluate(args.config, args.overrides, args.checkpoint)
         return train(args.config, args.overrides, args.resume)
     except OssGrpoError as err:
         print(f"oss-grpo: error: {err}", file=sys.stderr)
@@ -52,6 +59,17 @@ def train(config_path: str, overrides: list[str], resume: str | None) -> int:
 
     run_dir = run(config, resume=resume is not None)
     print(f"run folder: {run_dir} (metrics.jsonl, reward_curve.png, final/)")
+    return 0
+
+
+def evaluate(config_path: str, overrides: list[str], checkpoint: str) -> int:
+    from oss_grpo.rl.config import load_config
+
+    config = load_config(config_path, overrides)
+    from oss_grpo.rl.evaluation import evaluate as run, metrics_table
+
+    metrics, path = run(config, checkpoint)
+    print(f"eval of {checkpoint} on {config.env}\n{metrics_table(metrics)}\nwritten to {path}")
     return 0
 
 

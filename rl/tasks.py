@@ -10,6 +10,7 @@ from collections.abc import Callable
 from importlib.metadata import entry_points
 
 import gymnasium
+import numpy as np
 from datasets import Dataset
 
 from oss_grpo.envs.game2048 import MOVES, render_board, starting_boards
@@ -23,10 +24,15 @@ TaskBuilder = Callable[[TrainConfig], tuple[Dataset, list[str]]]
 ENTRY_POINT_GROUP = "oss_grpo.envs"
 
 
+def board_prompt(board: np.ndarray) -> str:
+    """The user message of a 2048 move task (training and `oss-grpo eval` alike)."""
+    return f"Board:\n{render_board(board)}\n\nYour move?"
+
+
 def game2048_tasks(config: TrainConfig) -> tuple[Dataset, list[str]]:
     """Mid-game boards to answer one move for; rewards read the `board` column."""
     boards = starting_boards(config.num_tasks, seed=config.seed)
-    prompts = [[{"role": "user", "content": f"Board:\n{render_board(b)}\n\nYour move?"}] for b in boards]
+    prompts = [[{"role": "user", "content": board_prompt(b)}] for b in boards]
     return Dataset.from_dict({"prompt": prompts, "board": [b.tolist() for b in boards]}), list(MOVES)
 
 

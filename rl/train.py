@@ -18,9 +18,10 @@ from oss_grpo.rl.checkpoint import CompleteMarker, checkpoint_step, latest_check
 from oss_grpo.rl.config import TrainConfig
 from oss_grpo.rl.harmony import harmony_tokenizer, render_prompt_ids
 from oss_grpo.rl.memory import estimate_memory, gpu_budget, memory_report, model_shape
-from oss_grpo.rl.metrics import MetricsCallback, plot_reward_curve, truncate_metrics
+from oss_grpo.rl.metrics import METRICS_FILE, MetricsCallback, plot_curves, truncate_metrics
 from oss_grpo.rl.policy import load_policy, lora_config
 from oss_grpo.rl.rollout import Rollout
+from oss_grpo.rl.samples import SAMPLES_FILE, SampleTable
 from oss_grpo.rl.tasks import task_builder
 
 log = logging.getLogger(__name__)
@@ -72,11 +73,13 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     from trl import GRPOTrainer
 
     build_tasks = task_builder(config.env)
-    rewards = [GuardedReward(name, get_reward(name), config.reward_on_error) for name in config.rewards]
     run_dir = Path(config.output_dir)
+    samples = SampleTable(run_dir, config.samples_every, config.rewards)
+    rewards = [samples.watch(GuardedReward(name, get_reward(name), config.reward_on_error)) for name in config.rewards]
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = latest_checkpoint(run_dir) if resume else None
-    truncate_metrics(run_dir, checkpoint_step(checkpoint) if checkpoint else 0)
+    for name in (METRICS_FILE, SAMPLES_FILE):
+        truncate_metrics(run_dir, checkpoint_step(checkpoint) if checkpoint else 0, name)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(asdict(config), sort_keys=False))
 
     score_only_completion_tokens()
@@ -91,12 +94,12 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
         processing_class=harmony_tokenizer(),
         peft_config=lora_config(config),
         rollout_func=Rollout(config, actions),
-        callbacks=[MetricsCallback(run_dir), CompleteMarker()],
+        callbacks=[MetricsCallback(run_dir), samples, CompleteMarker()],
     )
     if checkpoint:
         log.info("resuming from %s", checkpoint)
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     trainer.save_model(str(run_dir / "final"))
     harmony_tokenizer().save_pretrained(run_dir / "final")
-    plot_reward_curve(run_dir)
+    plot_curves(run_dir)
     return run_dir
