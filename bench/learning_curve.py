@@ -1,10 +1,11 @@
 """Does the embedded default learn? Trains configs/2048-tiny.yaml with 3 seeds and compares early and late reward.
 
-    python bench/learning_curve.py [--config configs/2048-tiny.yaml] [--seeds 0 1 2] [--out runs/bench-learning]
+    python bench/learning_curve.py [--config configs/2048-tiny.yaml] [--seeds 0 1 2] [--out runs/bench-learning] [--jobs 1]
 
 For each seed: mean reward over the first 20% and the last 20% of steps. The claim holds when the mean gain
 (last - first) is larger than the spread of the final reward across seeds (max - min of the last-20% means).
-Prints a markdown table for docs/BENCHMARKS.md.
+Prints a markdown table for docs/BENCHMARKS.md. `--jobs 3` trains the seeds side by side (a many-core machine; each
+run's wall time then includes sharing the cores).
 """
 
 import argparse
@@ -13,6 +14,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 
@@ -32,8 +34,10 @@ def main() -> None:
     parser.add_argument("--config", default="configs/2048-tiny.yaml")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=Path("runs/bench-learning"))
+    parser.add_argument("--jobs", type=int, default=1, help="seeds trained at once (each run is its own process)")
     args = parser.parse_args()
-    results = {seed: run(args.config, seed, args.out) for seed in args.seeds}
+    with ThreadPoolExecutor(args.jobs) as pool:
+        results = dict(zip(args.seeds, pool.map(lambda seed: run(args.config, seed, args.out), args.seeds)))
     print("| seed | first 20% mean reward | last 20% mean reward | gain | wall time (s) |\n|---|---|---|---|---|")
     for seed, (first, last, seconds) in results.items():
         print(f"| {seed} | {first:.3f} | {last:.3f} | {last - first:+.3f} | {seconds:.0f} |")

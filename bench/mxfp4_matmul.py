@@ -9,7 +9,8 @@ For each model (hidden 2880, intermediate 2880, top-4; 32 or 128 experts), proje
 down_proj: N=2880; K=2880) and number of routed rows M (token copies after random top-4 routing), it times in the
 same run, median of triton.testing.do_bench (which flushes L2 between runs, so weights come from HBM):
 
-    mxfp4        ours: forward = grouped tl.dot_scaled, backward (dX = dY W) = grouped in-kernel dequant
+    mxfp4        ours (kernels/mxfp4_matmul.py): forward = in-register dequant, weights as the left dot operand
+                 ("wx") up to 96 rows per expert, tl.dot_scaled beyond; backward (dX = dY W) = "wx" transposed
     bf16 grouped cuBLAS/CUTLASS grouped GEMM (torch._grouped_mm) on weights dequantised beforehand
     dense        one cuBLAS bf16 GEMM of the same M x N x K: the ceiling for any grouped kernel
     deq+grouped  dequantise the whole stack to bf16 (plain torch) on every call, then the grouped GEMM
@@ -173,8 +174,9 @@ def markdown(results: list[dict], bandwidth: float) -> str:
     lines = [
         f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}; copy bandwidth "
         f"{bandwidth / 1e9:.0f} GB/s; times in us (median).",
-        f"Tiles (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) for < 16 / < 96 / more rows per expert: forward"
-        f" {[tuple(t) for t in FORWARD_TILES]}, backward dX {[tuple(t) for t in TRANSPOSED_TILES]}.",
+        "Tiles (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages, scaled) below each bound of mean rows per expert: forward"
+        f" {[(bound, tuple(t)) for bound, t in FORWARD_TILES]},"
+        f" dX {[(bound, tuple(t)) for bound, t in TRANSPOSED_TILES]}.",
         "",
         "| model | proj | pass | rows M | rows/expert | mxfp4 (ours) | bf16 grouped | dense bf16 | deq+grouped"
         " | ours vs bf16 grouped | ours floor (HBM) | rel. err vs fp32 |",
@@ -192,7 +194,7 @@ def markdown(results: list[dict], bandwidth: float) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="20b,120b", help="comma list of " + ", ".join(EXPERTS))
-    parser.add_argument("--rows", default="16,64,256,1024,4096,16384", help="routed rows M (tokens x top-4)")
+    parser.add_argument("--rows", default="16,64,256,1024,2048,4096,16384", help="routed rows M (tokens x top-4)")
     parser.add_argument("--memory-tokens", type=int, default=2048, help="tokens for the peak-memory check")
     args = parser.parse_args()
     if not torch.cuda.is_available():

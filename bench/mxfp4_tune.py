@@ -1,6 +1,6 @@
 """Sweep tile shapes of the MXFP4 expert kernels on one GPU, to pick the ones kernels/mxfp4_matmul.py uses.
 
-    python bench/mxfp4_tune.py [--rows 16,256,4096] [--experts 32]
+    python bench/mxfp4_tune.py [--rows 64,2048,4096,16384] [--kinds scaled,wx,wxt] [--experts 32]
 
 gpt-oss gate_up shape (N=5760, K=2880), random top-4 routing over the experts, random (never zero) inputs. For each
 kernel variant and routed-row count it prints the median time (triton.testing.do_bench, L2 flushed between runs),
@@ -27,22 +27,24 @@ from oss_grpo.kernels.mxfp4_matmul import mxfp4_matmul_torch, mxfp4_matmul_trans
 from oss_grpo.kernels.routing import ExpertGroups, route, sort_by_expert  # noqa: E402
 
 N, K, TOP_K = 5760, 2880, 4
-# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) per kernel variant.
+# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) per kernel: "scaled" = tl.dot_scaled forward, "wx" = forward
+# with the weights dequantised in registers as the left operand (BLOCK_N of W's rows by BLOCK_M routed rows),
+# "wxt" = dX the same way (BLOCK_N of the reduction by BLOCK_K output columns).
 CONFIGS: dict[str, list[tuple[int, int, int, int, int]]] = {
-    "scaled": [
-        (16, 64, 128, 4, 3), (16, 64, 256, 4, 3), (16, 128, 128, 4, 3), (64, 64, 128, 4, 3),
-        (64, 128, 128, 4, 3), (64, 128, 128, 8, 3), (128, 128, 128, 8, 3), (64, 256, 128, 8, 3),
-        (32, 64, 128, 4, 3), (128, 128, 128, 8, 4), (128, 256, 128, 8, 3),
+    "scaled": [(16, 64, 128, 4, 3), (64, 64, 128, 4, 3), (128, 128, 128, 8, 3)],
+    "wx": [
+        (16, 64, 128, 4, 4), (16, 128, 128, 4, 4), (16, 128, 256, 4, 3), (32, 128, 128, 4, 4), (64, 128, 128, 4, 3),
+        (64, 128, 128, 8, 4), (128, 128, 128, 8, 3), (128, 128, 64, 8, 4), (256, 128, 64, 8, 3), (128, 256, 64, 8, 3),
     ],
-    "transposed": [
-        (16, 64, 128, 4, 3), (16, 128, 128, 4, 3), (64, 64, 128, 4, 3), (64, 64, 128, 8, 3), (64, 128, 128, 8, 3),
-        (128, 64, 128, 8, 3), (128, 128, 128, 8, 3), (128, 64, 256, 8, 3), (32, 128, 128, 4, 3),
+    "wxt": [
+        (16, 64, 128, 4, 4), (16, 128, 128, 4, 4), (32, 64, 128, 4, 4), (64, 64, 128, 4, 3), (64, 128, 128, 8, 3),
+        (128, 64, 128, 8, 3), (128, 128, 128, 8, 3), (128, 64, 256, 8, 3), (256, 64, 128, 8, 3), (256, 64, 64, 8, 4),
     ],
 }  # fmt: skip
 
 
 def median_us(fn: Callable[[], object]) -> float:
-    return triton.testing.do_bench(fn, warmup=10, rep=60, return_mode="median") * 1e3
+    return triton.testing.do_bench(fn, warmup=10, rep=40, return_mode="median") * 1e3
 
 
 def launcher(kind: str, cfg: tuple[int, int, int, int, int], x, dy, w, scales, groups: ExpertGroups) -> Callable:
@@ -52,21 +54,28 @@ def launcher(kind: str, cfg: tuple[int, int, int, int, int], x, dy, w, scales, g
     tiles = tile_expert.numel()
     strides = (w.stride(0), w.stride(1), scales.stride(0), scales.stride(1))
     opts = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages)
-    if kind == "transposed":
+    if kind == "wxt":
         out = torch.empty(dy.shape[0], K, dtype=dy.dtype, device=dy.device)
         grid = (tiles, triton.cdiv(K, bk))
-        args = (dy, out, w, scales, groups.offsets, tile_expert, tile_row, N, K, dy.stride(0), out.stride(0), *strides)
-        return lambda: (jit._mxfp4_matmul_transposed_kernel[grid](*args, DOT_DTYPE=jit.tl.bfloat16, **opts), out)[1]
+        args = (dy, out, w, scales, groups.offsets, tile_expert, tile_row, N, K // 2, dy.stride(0), out.stride(0))
+        kernel = jit._mxfp4_wx_transposed_kernel
+        return lambda: (kernel[grid](*args, *strides, DOT_DTYPE=jit.tl.bfloat16, **opts), out)[1]
     out = torch.empty(x.shape[0], N, dtype=x.dtype, device=x.device)
     grid = (tiles, triton.cdiv(N, bn))
+    if kind == "wx":
+        halves = x.view(x.shape[0], K // 2, 2).permute(2, 0, 1).contiguous()
+        args = (halves, out, w, scales, x, groups.offsets, tile_expert, tile_row, N, K // 2,
+                halves.stride(1), halves.stride(0), out.stride(0))
+        return lambda: (jit._mxfp4_wx_kernel[grid](*args, *strides, 0, HAS_BIAS=False, DOT_DTYPE=jit.tl.bfloat16,
+                                                   **opts), out)[1]
     args = (x, out, w, scales, x, groups.offsets, tile_expert, tile_row, N, K, x.stride(0), out.stride(0))
-    kernel = jit._mxfp4_matmul_kernel
-    return lambda: (kernel[grid](*args, *strides, 0, HAS_BIAS=False, DOT_SCALED=True, **opts), out)[1]
+    return lambda: (jit._mxfp4_scaled_kernel[grid](*args, *strides, 0, HAS_BIAS=False, **opts), out)[1]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", default="16,64,256,1024,4096,16384")
+    parser.add_argument("--rows", default="64,2048,4096,16384")
+    parser.add_argument("--kinds", default="", help="comma-separated CONFIGS keys to sweep (default all)")
     parser.add_argument("--experts", type=int, default=32)
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -91,7 +100,9 @@ def main() -> None:
             "dX": median_us(lambda: torch._grouped_mm(dy, w_bf16, offs=offs)),
         }
         for kind, configs in CONFIGS.items():
-            pass_ = "dX" if kind == "transposed" else "forward"
+            if args.kinds and kind not in args.kinds.split(","):
+                continue
+            pass_ = "dX" if kind == "wxt" else "forward"
             for cfg in configs:
                 name = f"M={m:6d} {kind:10s} {cfg}"
                 try:

@@ -1,7 +1,7 @@
 """Grouped MoE expert GEMMs on MXFP4 weights: the public ops, each next to its plain-torch reference.
 
-    mxfp4_matmul(x, blocks, scales, groups, bias)       y  = x W_e^T + b_e   (forward; tl.dot_scaled for bf16 x)
-    mxfp4_matmul_transposed(dy, blocks, scales, groups)  dx = dy W_e          (grad wrt the input; in-kernel dequant)
+    mxfp4_matmul(x, blocks, scales, groups, bias)       y  = x W_e^T + b_e   (forward)
+    mxfp4_matmul_transposed(dy, blocks, scales, groups)  dx = dy W_e          (grad wrt the input)
 
 Rows of x are sorted by expert (routing.sort_by_expert); `blocks`/`scales` are one projection of every expert in the
 checkpoint layout (mxfp4.py). The Triton path runs on CUDA, and on CPU under TRITON_INTERPRET=1 (tests); otherwise,
@@ -27,19 +27,31 @@ class Tiles(NamedTuple):
     block_k: int
     num_warps: int
     num_stages: int
+    scaled: bool = False
+    """Forward by tl.dot_scaled (bf16 x only) instead of the in-register dequantising "wx" kernel."""
 
 
-# Picked on an H100 by bench/mxfp4_tune.py (gpt-oss shapes, docs/BENCHMARKS.md), by the mean routed rows per expert:
-# with few rows a 16-row tile wastes no weight reads (every tile of an expert re-reads that expert's weights); with
-# many, 128-row tiles reuse each weight tile more. Index: 0 for < 16 rows per expert, 1 for < 96, 2 beyond.
-FORWARD_TILES = (Tiles(16, 64, 128, 4, 3), Tiles(64, 64, 128, 4, 3), Tiles(128, 128, 128, 8, 3))
-TRANSPOSED_TILES = (Tiles(16, 128, 128, 4, 3), Tiles(64, 64, 128, 4, 3), Tiles(128, 64, 128, 8, 3))
+# Picked on an H100 by bench/mxfp4_tune.py (gpt-oss-20b gate_up, docs/BENCHMARKS.md), by the mean routed rows per
+# expert: every tile of an expert re-reads (and re-dequantises) that expert's weights, so few rows want short tiles
+# and many rows long ones. Each entry serves mean rows per expert below its bound. For the forward with many rows
+# tl.dot_scaled measured 2-6% faster than the wx kernel on the H100 (and is native on Blackwell).
+FORWARD_TILES = (
+    (24, Tiles(16, 64, 128, 4, 4)),
+    (96, Tiles(64, 128, 128, 4, 3)),
+    (float("inf"), Tiles(128, 128, 128, 8, 3, scaled=True)),
+)
+TRANSPOSED_TILES = (
+    (16, Tiles(16, 64, 128, 4, 4)),
+    (48, Tiles(32, 64, 128, 4, 4)),
+    (96, Tiles(128, 128, 128, 8, 3)),
+    (float("inf"), Tiles(256, 64, 128, 8, 3)),
+)
 
 
-def pick_tiles(table: tuple[Tiles, Tiles, Tiles], groups: ExpertGroups) -> Tiles:
+def pick_tiles(table: tuple[tuple[float, Tiles], ...], groups: ExpertGroups) -> Tiles:
     """The entry of `table` for the mean rows per expert, known on the host (no sync)."""
     per_expert = groups.num_rows / groups.num_experts
-    return table[0] if per_expert < 16 else table[1] if per_expert < 96 else table[2]
+    return next(tiles for bound, tiles in table if per_expert < bound)
 
 
 def runs_triton(x: torch.Tensor) -> bool:
@@ -77,20 +89,23 @@ def mxfp4_matmul(
     _check(x, blocks, scales, groups, k)
     if not runs_triton(x):
         return mxfp4_matmul_torch(x, blocks, scales, groups, bias)
-    x = x.contiguous()
     w = blocks.reshape(num_experts, n, k // 2)  # a view for checkpoint tensors: the bytes of a row are contiguous
     y = torch.empty(x.shape[0], n, dtype=x.dtype, device=x.device)
     tiles = pick_tiles(FORWARD_TILES, groups)
     tile_expert, tile_row = groups.tiles(tiles.block_m)
     grid = (tile_expert.numel(), triton.cdiv(n, tiles.block_n))
-    jit._mxfp4_matmul_kernel[grid](
-        x, y, w, scales, x if bias is None else bias, groups.offsets, tile_expert, tile_row,
-        n, k,
-        x.stride(0), y.stride(0), w.stride(0), w.stride(1), scales.stride(0), scales.stride(1),
-        0 if bias is None else bias.stride(0),
-        HAS_BIAS=bias is not None, DOT_SCALED=x.dtype == torch.bfloat16,
-        BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, BLOCK_K=tiles.block_k,
-        num_warps=tiles.num_warps, num_stages=tiles.num_stages,
+    tables = (x if bias is None else bias, groups.offsets, tile_expert, tile_row)
+    strides = (w.stride(0), w.stride(1), scales.stride(0), scales.stride(1), 0 if bias is None else bias.stride(0))
+    launch = dict(BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, BLOCK_K=tiles.block_k,
+                  num_warps=tiles.num_warps, num_stages=tiles.num_stages, HAS_BIAS=bias is not None)
+    if tiles.scaled and x.dtype == torch.bfloat16:
+        x = x.contiguous()
+        jit._mxfp4_scaled_kernel[grid](x, y, w, scales, *tables, n, k, x.stride(0), y.stride(0), *strides, **launch)
+        return y
+    halves = x.reshape(x.shape[0], k // 2, 2).permute(2, 0, 1).contiguous()  # [2, M, K/2]: even, odd columns
+    jit._mxfp4_wx_kernel[grid](
+        halves, y, w, scales, *tables, n, k // 2, halves.stride(1), halves.stride(0), y.stride(0), *strides,
+        DOT_DTYPE=dot_dtype(x), **launch,
     )  # fmt: skip
     return y
 
@@ -126,9 +141,9 @@ def mxfp4_matmul_transposed(
     tiles = pick_tiles(TRANSPOSED_TILES, groups)
     tile_expert, tile_row = groups.tiles(tiles.block_m)
     grid = (tile_expert.numel(), triton.cdiv(k, tiles.block_k))
-    jit._mxfp4_matmul_transposed_kernel[grid](
+    jit._mxfp4_wx_transposed_kernel[grid](
         dy, dx, w, scales, groups.offsets, tile_expert, tile_row,
-        n, k,
+        n, k // 2,
         dy.stride(0), dx.stride(0), w.stride(0), w.stride(1), scales.stride(0), scales.stride(1),
         DOT_DTYPE=dot_dtype(dy),
         BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, BLOCK_K=tiles.block_k,

@@ -3,6 +3,7 @@
     oss-grpo train CONFIG.yaml [--set key=value ...] [--resume DIR]
     oss-grpo eval CONFIG.yaml --checkpoint DIR [--set key=value ...]
     oss-grpo check-plugin NAME [--config CONFIG.yaml] [--set key=value ...] [--max-seconds S]
+    oss-grpo export RUN_DIR [--merged OUT] [--adapter OUT] [--dtype bfloat16|float32]
 
 A config error, unknown plugin or missing file prints one line naming the key or file and exits with code 2,
 before any model is built. `check-plugin` exits 0 when the reward passes every check and 1 with its findings.
@@ -12,6 +13,7 @@ import argparse
 import dataclasses
 import logging
 import sys
+from pathlib import Path
 
 from oss_grpo.rl.errors import OssGrpoError
 
@@ -34,7 +36,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for command in (train, evaluate, check):
         command.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                              help="override one option, e.g. --set max_steps=2 (repeatable)")
-    return parser.parse_args(argv)
+    export = commands.add_parser("export", help="write a trained run as a merged checkpoint and/or its adapter")
+    export.add_argument("run_dir", help="folder of a finished `oss-grpo train` run (holds config.yaml and final/)")
+    export.add_argument("--merged", metavar="OUT",
+                        help="Hugging Face checkpoint, every LoRA (attention, experts) merged, experts dequantised")
+    export.add_argument("--adapter", metavar="OUT", help="the PEFT adapter alone (attention and expert factors)")
+    export.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16", help="dtype of --merged")
+    args = parser.parse_args(argv)
+    if args.command == "export" and not (args.merged or args.adapter):
+        parser.error("export: give --merged OUT, --adapter OUT or both")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
             return check_plugin(args.name, args.config, args.overrides, args.max_seconds)
         if args.command == "eval":
             return evaluate(args.config, args.overrides, args.checkpoint)
+        if args.command == "export":
+            return export(args.run_dir, args.merged, args.adapter, args.dtype)
         return train(args.config, args.overrides, args.resume)
     except OssGrpoError as err:
         print(f"oss-grpo: error: {err}", file=sys.stderr)
@@ -58,7 +71,7 @@ def train(config_path: str, overrides: list[str], resume: str | None) -> int:
     from oss_grpo.rl.train import train as run  # heavy imports (torch, trl) only after the config is valid
 
     run_dir = run(config, resume=resume is not None)
-    print(f"run folder: {run_dir} (metrics.jsonl, reward_curve.png, final/)")
+    print(f"run folder: {run_dir} (metrics.jsonl, reward_curve.png, samples.md, final/)")
     return 0
 
 
@@ -66,10 +79,21 @@ def evaluate(config_path: str, overrides: list[str], checkpoint: str) -> int:
     from oss_grpo.rl.config import load_config
 
     config = load_config(config_path, overrides)
-    from oss_grpo.rl.evaluation import evaluate as run, metrics_table
+    from oss_grpo.rl.evaluation import evaluate as run, metrics_table  # heavy imports once the config is valid
 
     metrics, path = run(config, checkpoint)
     print(f"eval of {checkpoint} on {config.env}\n{metrics_table(metrics)}\nwritten to {path}")
+    return 0
+
+
+def export(run_dir: str, merged: str | None, adapter: str | None, dtype: str) -> int:
+    import torch
+
+    from oss_grpo.rl.export import export as run
+
+    run(Path(run_dir), merged and Path(merged), adapter and Path(adapter), getattr(torch, dtype))
+    print(f"exported {run_dir}: " + ", ".join(f"{kind} -> {out}" for kind, out in
+                                              (("merged", merged), ("adapter", adapter)) if out))
     return 0
 
 

@@ -40,7 +40,8 @@ class TrainConfig:
     lora_alpha: int = 32
     """LoRA scaling numerator: the update is scaled by lora_alpha / lora_r."""
     lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-    """Linear modules that get LoRA adapters (attention projections by default)."""
+    """Modules that get LoRA adapters (attention projections by default). `experts` adds LoRA on the MXFP4 experts
+    (per-expert A and B, applied by the kernels; needs mxfp4_experts); `oss-grpo export --merged` folds it in."""
 
     # --- task ---
     env: str = "oss_grpo/Game2048-v0"

@@ -32,28 +32,17 @@ from oss_grpo.rewards.game2048 import move_quality
 from oss_grpo.rewards.game2048_strategy import extract_code, play_strategy
 from oss_grpo.rewards.kernel_check import check_answer
 from oss_grpo.rl.config import TrainConfig
-from oss_grpo.rl.errors import CheckpointError, ConfigError
+from oss_grpo.rl.errors import ConfigError
 from oss_grpo.rl.generator import Completion, Sampling
 from oss_grpo.rl.harmony import harmony_tokenizer, render_prompt_ids, stop_token_ids
 from oss_grpo.rl.hf_generator import TransformersGenerator
-from oss_grpo.rl.policy import load_policy
+from oss_grpo.rl.policy import load_policy_with_adapter
 from oss_grpo.rl.rollout import final_answer_ids
 from oss_grpo.rl.tasks import board_prompt, task_builder
 
 EVAL_SEED_OFFSET = 1_000_003
 """Evaluation seeds are `seed + EVAL_SEED_OFFSET`: their boards and games never coincide with training's."""
 Metrics = dict[str, float | int | None]
-
-
-def load_trained_policy(config: TrainConfig, checkpoint: Path) -> PreTrainedModel:
-    """The base model of `config` with the LoRA adapter saved in `checkpoint` (a run's `final/` or `checkpoint-N/`)."""
-    from peft import PeftModel
-
-    if not (checkpoint / "adapter_config.json").is_file():
-        raise CheckpointError(f"{checkpoint}: no adapter_config.json (expected a run's final/ or checkpoint-N/)")
-    model = PeftModel.from_pretrained(load_policy(config), str(checkpoint))
-    device = "cuda" if config.device != "cpu" and torch.cuda.is_available() else "cpu"
-    return model.to(device).eval()
 
 
 class PolicySampler:
@@ -66,8 +55,8 @@ class PolicySampler:
 
     def __call__(self, prompts: list[list[dict[str, str]]]) -> list[Completion]:
         c = self.config
-        ids = [render_prompt_ids(p, reasoning_effort=c.reasoning_effort, developer_instructions=c.developer_instructions)
-               for p in prompts]
+        ids = [render_prompt_ids(p, reasoning_effort=c.reasoning_effort,
+                                 developer_instructions=c.developer_instructions) for p in prompts]
         self.calls += 1
         sampling = Sampling(max_tokens=c.max_completion_tokens, temperature=c.temperature, top_p=c.top_p,
                             top_k=c.top_k, seed=(c.seed + EVAL_SEED_OFFSET) * 1_000_003 + self.calls)
@@ -160,7 +149,8 @@ def evaluate(config: TrainConfig, checkpoint: Path) -> tuple[Metrics, Path]:
     """Evaluate a checkpoint; write `<run>/eval-<checkpoint>.json` beside it and return the metrics and that path."""
     checkpoint = Path(checkpoint)
     evaluation_for(config.env)  # an env without evaluation fails here, before any weight is loaded
-    metrics = evaluate_policy(config, load_trained_policy(config, checkpoint))
+    device = "cuda" if config.device != "cpu" and torch.cuda.is_available() else "cpu"
+    metrics = evaluate_policy(config, load_policy_with_adapter(config, checkpoint).to(device))
     out = checkpoint.resolve().parent / f"eval-{checkpoint.resolve().name}.json"
     out.write_text(json.dumps({"checkpoint": str(checkpoint), "env": config.env, "seed": config.seed,
                                "metrics": metrics}, indent=2) + "\n")

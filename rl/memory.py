@@ -109,11 +109,14 @@ def param_counts(s: ModelShape) -> ParamCounts:
 
 
 def lora_params(s: ModelShape, targets: list[str], r: int) -> tuple[int, list[str]]:
-    """LoRA weights (A and B) on the attention projections named in `targets`, and the names it cannot size."""
-    q, kv, h = s.num_attention_heads * s.head_dim, s.num_key_value_heads * s.head_dim, s.hidden_size
-    sizes = {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h)}
-    known = sum(r * (sizes[t][0] + sizes[t][1]) for t in targets if t in sizes)
-    return s.num_hidden_layers * known, [t for t in targets if t not in sizes]
+    """LoRA weights (A and B) on the modules named in `targets` (attention projections; `experts`: per expert, one
+    pair on gate_up and one on down, rl/moe_lora.py), and the names it cannot size."""
+    q, kv, h, i = s.num_attention_heads * s.head_dim, s.num_key_value_heads * s.head_dim, s.hidden_size, \
+        s.intermediate_size
+    per_layer = {"q_proj": r * (h + q), "k_proj": r * (h + kv), "v_proj": r * (h + kv), "o_proj": r * (q + h),
+                 "experts": s.num_local_experts * r * ((h + 2 * i) + (i + h))}
+    known = sum(per_layer[t] for t in targets if t in per_layer)
+    return s.num_hidden_layers * known, [t for t in targets if t not in per_layer]
 
 
 @dataclass(frozen=True)

@@ -20,10 +20,11 @@ def tiny_config(
     num_local_experts: int = 4,
     num_experts_per_tok: int = 2,
     sliding_window: int = 32,
+    vocab_size: int = VOCAB_SIZE,
 ) -> GptOssConfig:
     """gpt-oss-20b's architecture shrunk: 4 query / 2 KV heads of 16, experts as wide as the hidden size."""
     return GptOssConfig(
-        vocab_size=VOCAB_SIZE,
+        vocab_size=vocab_size,
         hidden_size=hidden_size,
         intermediate_size=hidden_size,
         num_hidden_layers=num_hidden_layers,
@@ -35,16 +36,21 @@ def tiny_config(
         sliding_window=sliding_window,
         layer_types=["sliding_attention", "full_attention"] * (num_hidden_layers // 2),
         max_position_embeddings=4096,
-        eos_token_id=RETURN_ID,
-        pad_token_id=PAD_ID,
+        eos_token_id=RETURN_ID if vocab_size > RETURN_ID else None,  # a shrunk vocabulary (tests) has no Harmony ids
+        pad_token_id=PAD_ID if vocab_size > PAD_ID else None,
         tie_word_embeddings=False,
     )
 
 
 def build_tiny_model(seed: int = 0, dtype: torch.dtype = torch.float32, **config_overrides: int) -> GptOssForCausalLM:
-    """Random-weight tiny gpt-oss, deterministic for a seed (weights are never zeros: sinks and biases are random too)."""
+    """Random-weight tiny gpt-oss, deterministic for a seed (weights are never zeros: sinks and biases are random too).
+
+    The weights are drawn in float32 and then cast, so the bf16 model is the float32 one rounded: drawing straight
+    into bf16 tensors gives other numbers on some torch builds (torch 2.11's CPU `normal_` does), which made a bf16
+    and a float32 tiny model of the same seed two different models.
+    """
     torch.manual_seed(seed)
-    model = GptOssForCausalLM(tiny_config(**config_overrides)).to(dtype)
+    model = GptOssForCausalLM(tiny_config(**config_overrides))
     with torch.no_grad():
         for name, param in model.named_parameters():
             if name.endswith(("sinks", "bias")):
@@ -53,5 +59,6 @@ def build_tiny_model(seed: int = 0, dtype: torch.dtype = torch.float32, **config
         # transformers' 0.02 at width 64 the logits after the final RMSNorm can never differ by more than ~1.3, so
         # no policy over the four 2048 moves can pass p = 0.6 however it is trained (measured): nothing to learn.
         model.lm_head.weight.normal_(0.0, model.config.hidden_size**-0.5)
+    model.to(dtype)
     model.eval()
     return model

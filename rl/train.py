@@ -47,7 +47,8 @@ def grpo_args(config: TrainConfig, use_cpu: bool):
     micro = config.micro_batch_size or batch  # TRL samples the whole batch once, then accumulates its micro-batches
     return GRPOConfig(
         output_dir=config.output_dir, seed=config.seed, use_cpu=use_cpu, bf16=config.dtype == "bfloat16",
-        num_generations=config.group_size, per_device_train_batch_size=micro, gradient_accumulation_steps=batch // micro,
+        num_generations=config.group_size, per_device_train_batch_size=micro,
+        gradient_accumulation_steps=batch // micro,
         max_completion_length=config.max_completion_tokens, temperature=config.temperature, top_p=config.top_p,
         top_k=config.top_k, loss_type=config.loss_type, beta=config.beta, epsilon=config.epsilon,
         learning_rate=config.learning_rate, lr_scheduler_type="constant", max_grad_norm=config.max_grad_norm,

@@ -28,9 +28,10 @@ DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 """Where the kernel tests put their inputs: the compiled kernels on a GPU, the interpreter otherwise."""
 
 # (counts of rows per expert, N, K): an empty expert, one longer than a 64-row tile, K = 2880 (not a multiple of 128),
-# N over one column tile, and mean counts in each of the three tile sizes of mxfp4_matmul.pick_tiles.
+# N over one column tile, and mean counts that reach every entry of mxfp4_matmul's two tile tables.
 SHAPES = [
     ([5, 0, 70], 40, 96),
+    ([50, 70], 40, 96),
     ([3, 9], 24, 2880),
     ([0, 0, 4], 64, 32),
     ([130, 0, 200], 136, 64),

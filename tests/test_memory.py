@@ -98,3 +98,11 @@ def test_dimensions_come_from_a_local_config_json_or_the_tiny_model(tmp_path: Pa
 def test_unknown_model_without_config_json_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="model='someone/other-model': no config.json"):
         model_shape(load_config(None, ["model=someone/other-model"]))
+
+
+def test_expert_lora_is_sized_per_expert() -> None:
+    from oss_grpo.rl.memory import lora_params
+
+    # r16 on each of 32 experts x 24 layers: gate_up A 16 x 2880 + B 5760 x 16, down A 16 x 2880 + B 2880 x 16.
+    assert lora_params(RELEASED["openai/gpt-oss-20b"], ["experts"], 16) == (24 * 32 * 16 * 14_400, [])
+    assert lora_params(RELEASED["openai/gpt-oss-20b"], ["gate"], 16) == (0, ["gate"])

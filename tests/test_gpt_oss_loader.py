@@ -1,0 +1,126 @@
+"""Loading a gpt-oss checkpoint in the released on-disk layout keeps the experts MXFP4 end to end.
+
+The checkpoint is written here exactly as the released gpt-oss folders are: bf16 tensors plus uint8 `*_blocks`
+[E, N, K/32, 16] and `*_scales` [E, N, K/32] for the experts, sharded, with `model.safetensors.index.json` and a
+config.json carrying `quantization_config: {quant_method: mxfp4}`.
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch.utils._python_dispatch import TorchDispatchMode
+from transformers import GptOssForCausalLM
+
+from oss_grpo.kernels.mxfp4 import dequantize
+from oss_grpo.rl.config import TrainConfig
+from oss_grpo.rl.errors import CheckpointError
+from oss_grpo.rl.gpt_oss_loader import is_mxfp4_checkpoint, load_mxfp4_gpt_oss
+from oss_grpo.rl.moe import PROJECTIONS, Mxfp4Experts, swap_experts
+from oss_grpo.rl.policy import load_policy
+from oss_grpo.rl.tiny_model import build_tiny_model
+
+# Experts larger than any other tensor (8 experts of 64 x 64 and more against a 256 x 64 embedding), so that a
+# dequantised expert stack would be the largest float tensor the load ever makes.
+SHAPE = dict(vocab_size=256, num_local_experts=8)
+IDS = torch.randint(0, 256, (2, 10), generator=torch.Generator().manual_seed(0))
+
+
+def write_mxfp4_checkpoint(model: GptOssForCausalLM, folder: Path) -> None:
+    """`model` (with Mxfp4Experts) saved in the released layout: bf16 + uint8 tensors over two shards and an index."""
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {name: t if t.dtype == torch.uint8 else t.to(torch.bfloat16) for name, t in model.state_dict().items()}
+    names = sorted(state)
+    shards = {"model-00000-of-00001.safetensors": names[::2], "model-00001-of-00001.safetensors": names[1::2]}
+    for file, part in shards.items():
+        save_file({name: state[name].contiguous() for name in part}, str(folder / file), metadata={"format": "pt"})
+    weight_map = {name: file for file, part in shards.items() for name in part}
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    model.config.save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "mxfp4", "modules_to_not_convert": ["model.layers.*.self_attn"]}
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> tuple[Path, GptOssForCausalLM]:
+    source = swap_experts(build_tiny_model(seed=0, dtype=torch.bfloat16, **SHAPE))
+    folder = tmp_path_factory.mktemp("gpt-oss-mxfp4")
+    write_mxfp4_checkpoint(source, folder)
+    return folder, source
+
+
+def test_every_tensor_lands_as_stored(checkpoint) -> None:
+    folder, source = checkpoint
+    assert is_mxfp4_checkpoint(folder)
+    model = load_mxfp4_gpt_oss(folder, torch.bfloat16)
+    experts = model.model.layers[1].mlp.experts
+    assert isinstance(experts, Mxfp4Experts) and experts.gate_up_proj_blocks.dtype == torch.uint8
+    assert not hasattr(model.config, "quantization_config")
+    loaded, expected = model.state_dict(), source.state_dict()
+    assert loaded.keys() == expected.keys()
+    for name, tensor in expected.items():
+        assert torch.equal(loaded[name], tensor), name
+    freq = model.model.rotary_emb.inv_freq
+    assert freq.dtype == torch.float32 and not freq.is_meta
+
+
+def test_logits_equal_transformers_on_the_dequantised_experts(checkpoint) -> None:
+    folder, _ = checkpoint
+    model = load_mxfp4_gpt_oss(folder, torch.float32)
+    reference = build_tiny_model(seed=0, **SHAPE)
+    dense = {name: t for name, t in model.state_dict().items() if not name.endswith(("_blocks", "_scales"))}
+    reference.load_state_dict(dense, strict=False)
+    for ours, theirs in zip(model.model.layers, reference.model.layers):
+        for proj in PROJECTIONS:
+            w = dequantize(getattr(ours.mlp.experts, f"{proj}_blocks"), getattr(ours.mlp.experts, f"{proj}_scales"))
+            getattr(theirs.mlp.experts, proj).data = w.float().transpose(1, 2).contiguous()  # HF keeps [E, in, out]
+    with torch.no_grad():
+        logits, expected = model(IDS).logits, reference(IDS).logits
+    assert (logits - expected).abs().max() <= 1e-5 * expected.abs().max()
+
+
+class LargestFloatTensor(TorchDispatchMode):
+    """Records the element count of the largest floating-point tensor any torch op produces (meta tensors, which
+    hold no memory, aside)."""
+
+    largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(t, torch.Tensor) and t.is_floating_point() and not t.is_meta:
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+def test_loading_never_makes_a_float_expert_stack(checkpoint) -> None:
+    folder, source = checkpoint
+    experts = source.model.layers[0].mlp.experts
+    smallest_stack = min(getattr(experts, f"{proj}_scales").numel() * 32 for proj in PROJECTIONS)  # E * N * K
+    with LargestFloatTensor() as watch:
+        load_mxfp4_gpt_oss(folder, torch.float32)
+    assert 0 < watch.largest < smallest_stack
+
+
+def test_policy_loads_a_checkpoint_folder(checkpoint) -> None:
+    folder, source = checkpoint
+    model = load_policy(TrainConfig(model=str(folder), dtype="bfloat16", device="cpu"))
+    ours, theirs = model.model.layers[0].mlp.experts, source.model.layers[0].mlp.experts
+    assert torch.equal(ours.down_proj_blocks, theirs.down_proj_blocks)
+
+
+def test_missing_and_unexpected_tensors_are_named(checkpoint, tmp_path) -> None:
+    folder, source = checkpoint
+    broken = swap_experts(build_tiny_model(seed=0, dtype=torch.bfloat16, **SHAPE))
+    del broken.model.layers[1].self_attn.sinks
+    write_mxfp4_checkpoint(broken, tmp_path / "missing")
+    with pytest.raises(CheckpointError, match=r"model\.layers\.1\.self_attn\.sinks"):
+        load_mxfp4_gpt_oss(tmp_path / "missing", torch.float32)
+    broken.model.layers[1].self_attn.register_buffer("extra", torch.zeros(2))
+    broken.model.layers[1].self_attn.sinks = torch.nn.Parameter(torch.zeros(4))
+    write_mxfp4_checkpoint(broken, tmp_path / "unexpected")
+    with pytest.raises(CheckpointError, match=r"model\.layers\.1\.self_attn\.extra"):
+        load_mxfp4_gpt_oss(tmp_path / "unexpected", torch.float32)
