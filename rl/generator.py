@@ -1,4 +1,4 @@
-"""What every rollout backend returns, and the interface they share (transformers now, vLLM next)."""
+"""What every rollout backend returns, and the interface they share (rl/vllm_generator.py, rl/hf_generator.py)."""
 
 from dataclasses import dataclass
 from typing import Literal, Protocol

@@ -5,7 +5,8 @@ An estimate from the model's dimensions and the config, split the way memory is 
 - weights: MoE experts at 4.25 bits per weight when kept in MXFP4 (4-bit e2m1 codes plus one 8-bit e8m0 scale per
   32 weights), everything else (embeddings, LM head, attention, router, biases, norms) in the config's dtype;
 - KV cache of sampling: the whole batch (prompts_per_step * group_size sequences) of prompt + completion tokens;
-  sliding-attention layers keep at most `sliding_window` positions;
+  sliding-attention layers keep at most `sliding_window` positions. With the vLLM generator this line is instead
+  vLLM's engine, which holds its own copy of the weights and its KV cache in `vllm_memory_utilization` of the GPU;
 - activations of one micro-batch's forward+backward: the layer inputs gradient checkpointing keeps plus one layer's
   working set (q/k/v, the eager attention score matrix, the routed experts' intermediates), and TRL's chunked
   log-prob of the LM head;
@@ -17,9 +18,12 @@ adapters off and costs one extra forward's activations at most. The model dimens
 config.json, from rl/tiny_model.py for `tiny`, or from `RELEASED` for the two hub ids when no local copy exists.
 """
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
+
+import yaml
 
 from oss_grpo.rl.config import TrainConfig
 from oss_grpo.rl.errors import ConfigError
@@ -75,7 +79,8 @@ def model_shape(config: TrainConfig) -> ModelShape:
     if config.model == "tiny":
         from oss_grpo.rl.tiny_model import tiny_config
 
-        return shape_from_config(tiny_config(hidden_size=config.tiny_hidden_size).to_dict())
+        tiny = tiny_config(hidden_size=config.tiny_hidden_size, head_dim=config.tiny_head_dim)
+        return shape_from_config(tiny.to_dict())
     local = Path(config.model) / "config.json"
     if local.is_file():
         return shape_from_config(json.loads(local.read_text()))
@@ -129,14 +134,18 @@ class MemoryEstimate:
     adapters_and_optimizer: float
     unsized_targets: tuple[str, ...] = ()
     """LoRA targets this estimate cannot size (not attention projections): their adapters are not counted."""
+    vllm_engine: float = 0.0
+    """vLLM's share (its weights and KV cache) when it generates; kv_cache is then 0 (the engine holds it)."""
 
     @property
     def total(self) -> float:
-        return self.weights + self.kv_cache + self.activations + self.adapters_and_optimizer
+        return self.weights + self.kv_cache + self.activations + self.adapters_and_optimizer + self.vllm_engine
 
 
-def estimate_memory(config: TrainConfig, shape: ModelShape, prompt_tokens: int) -> MemoryEstimate:
-    """The estimate for a run of `config` whose longest prompt has `prompt_tokens` tokens."""
+def estimate_memory(config: TrainConfig, shape: ModelShape, prompt_tokens: int,
+                    vllm_budget: float | None = None) -> MemoryEstimate:
+    """The estimate for a run of `config` whose longest prompt has `prompt_tokens` tokens; with `vllm_budget` (bytes
+    of the device vLLM generates on), sampling is vLLM's engine of `vllm_memory_utilization` of it."""
     s, dense_bytes = shape, 4 if config.dtype == "float32" else 2
     params = param_counts(s)
     expert_bytes = params.experts * (MXFP4_BITS / 8 if config.mxfp4_experts else dense_bytes)
@@ -161,12 +170,17 @@ def estimate_memory(config: TrainConfig, shape: ModelShape, prompt_tokens: int) 
     activations += 2 * tile_tokens * LOGPROB_TILE[1] * 4  # one fp32 log-prob tile, forward and backward
 
     adapters, unsized = lora_params(s, config.lora_target_modules, config.lora_r)
-    return MemoryEstimate(weights, kv_cache, activations, adapters * ADAPTER_BYTES, tuple(unsized))
+    estimate = MemoryEstimate(weights, kv_cache, activations, adapters * ADAPTER_BYTES, tuple(unsized))
+    if vllm_budget is None:
+        return estimate
+    return dataclasses.replace(estimate, kv_cache=0.0, vllm_engine=config.vllm_memory_utilization * vllm_budget)
 
 
 def memory_report(estimate: MemoryEstimate, budget_bytes: float | None) -> tuple[str, bool]:
     """The estimate as printed lines, and whether it fits `budget_bytes` (True when there is no budget to check)."""
-    rows = [("weights", estimate.weights), ("KV cache (sampling)", estimate.kv_cache),
+    sampling = ("vLLM engine (weights copy + KV)", estimate.vllm_engine) if estimate.vllm_engine else \
+        ("KV cache (sampling)", estimate.kv_cache)
+    rows = [("weights", estimate.weights), sampling,
             ("activations (forward+backward)", estimate.activations),
             ("LoRA + gradients + AdamW", estimate.adapters_and_optimizer), ("total", estimate.total)]
     lines = ["estimated memory:"] + [f"  {name:<32}{size / GIB:9.2f} GiB" for name, size in rows]
@@ -182,6 +196,21 @@ def memory_report(estimate: MemoryEstimate, budget_bytes: float | None) -> tuple
                      "or max_completion_tokens, turn on gradient_checkpointing and mxfp4_experts "
                      "(docs/TROUBLESHOOTING.md, out of memory)")
     return "\n".join(lines), fits
+
+
+def announce(config: TrainConfig, prompts: list[list[dict[str, str]]], backend: str) -> None:
+    """Print the resolved config and the estimate for the longest of `prompts` with the rollout `backend` (vllm or
+    transformers), before any weight is loaded (a run that cannot fit should say so in seconds, not after minutes)."""
+    from oss_grpo.rl.harmony import render_prompt_ids
+
+    print(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False), end="")
+    distinct = {repr(p): p for p in prompts}.values()
+    longest = max(len(render_prompt_ids(p, reasoning_effort=config.reasoning_effort,
+                                        developer_instructions=config.developer_instructions)) for p in distinct)
+    budget = gpu_budget(config)
+    vllm_budget = budget if backend == "vllm" else None  # on a CPU (no budget) vLLM's share of RAM is not counted
+    report, _ = memory_report(estimate_memory(config, model_shape(config), longest, vllm_budget), budget)
+    print(f"longest prompt: {longest} tokens\n{report}", flush=True)
 
 
 def gpu_budget(config: TrainConfig) -> float | None:

@@ -10,7 +10,8 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 METRICS_FILE = "metrics.jsonl"
 # TRL's log keys -> ours (what a user plots first).
 _KEYS = {"reward": "reward_mean", "reward_std": "reward_std", "loss": "loss", "kl": "kl", "grad_norm": "grad_norm",
-         "completions/mean_length": "completion_length", "learning_rate": "learning_rate"}
+         "completions/mean_length": "completion_length", "learning_rate": "learning_rate",
+         "sync/seconds": "sync_seconds", "sampling/sampling_logp_difference/max": "sampler_logp_diff_max"}
 
 
 def read_metrics(run_dir: Path, name: str = METRICS_FILE) -> list[dict]:

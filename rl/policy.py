@@ -32,7 +32,8 @@ def checkpoint_folder(model: str) -> Path:
 def load_policy(config: TrainConfig) -> PreTrainedModel:
     dtype = getattr(torch, config.dtype)
     if config.model == "tiny":
-        model = build_tiny_model(seed=config.seed, dtype=dtype, hidden_size=config.tiny_hidden_size)
+        model = build_tiny_model(seed=config.seed, dtype=dtype, hidden_size=config.tiny_hidden_size,
+                                 head_dim=config.tiny_head_dim)
         return swap_experts(model) if config.mxfp4_experts else model
     folder = checkpoint_folder(config.model)
     if is_mxfp4_checkpoint(folder):

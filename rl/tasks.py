@@ -3,36 +3,40 @@
 A task builder maps the config to (dataset with a `prompt` column plus the columns its rewards read, the answers
 constrained decoding may choose from). Built-in builders are in `TASKS`; an outside package adds an environment
 through the entry-point group `oss_grpo.envs`: the entry point's name is the Gymnasium id and its value the builder,
-whose module registers that id with `gymnasium.register` when imported (docs/PLUGINS.md).
+whose module registers that id with `gymnasium.register` when imported (docs/PLUGINS.md). `TURN_BASED` says how an
+environment is played over several turns (`max_turns > 1`).
 """
 
+import zlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from importlib.metadata import entry_points
 
 import gymnasium
 import numpy as np
 from datasets import Dataset
 
-from oss_grpo.envs.game2048 import MOVES, render_board, starting_boards
+from oss_grpo.envs.game2048 import MOVES, Game2048Env, parse_move, render_board, starting_boards
 from oss_grpo.envs.game2048_strategy import STRATEGY_PROMPT, WARM_START_ANSWERS
 from oss_grpo.envs.kernelgen import KERNEL_TASKS, prompt
 from oss_grpo.rewards.game2048_strategy import ALLOWED_IMPORTS
 from oss_grpo.rl.config import TrainConfig
 from oss_grpo.rl.errors import PluginError, UnknownPlugin
+from oss_grpo.rl.harmony import ParsedCompletion
 
 TaskBuilder = Callable[[TrainConfig], tuple[Dataset, list[str]]]
 ENTRY_POINT_GROUP = "oss_grpo.envs"
 
 
-def board_prompt(board: np.ndarray) -> str:
-    """The user message of a 2048 move task (training and `oss-grpo eval` alike)."""
+def game2048_question(board: np.ndarray) -> str:
+    """The user message about `board`: the first prompt, and every later turn's observation."""
     return f"Board:\n{render_board(board)}\n\nYour move?"
 
 
 def game2048_tasks(config: TrainConfig) -> tuple[Dataset, list[str]]:
     """Mid-game boards to answer one move for; rewards read the `board` column."""
     boards = starting_boards(config.num_tasks, seed=config.seed)
-    prompts = [[{"role": "user", "content": board_prompt(b)}] for b in boards]
+    prompts = [[{"role": "user", "content": game2048_question(b)}] for b in boards]
     return Dataset.from_dict({"prompt": prompts, "board": [b.tolist() for b in boards]}), list(MOVES)
 
 
@@ -81,3 +85,34 @@ def task_builder(env_id: str) -> TaskBuilder:
         return builder
     known = sorted(set(TASKS) | {ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)})
     raise UnknownPlugin(f"env={env_id!r}: unknown environment; known: {', '.join(known)}")
+
+
+@dataclass(frozen=True)
+class Turns:
+    """How an environment is played over several turns (rl/episode.py)."""
+
+    env_for: Callable[[list[dict[str, str]]], gymnasium.Env]
+    """The environment, reset to the state the prompt (TRL passes rollouts nothing else) describes."""
+    act: Callable[[ParsedCompletion], int | None]
+    """The action an answer names, or None if it names none."""
+    observe: Callable[[gymnasium.Env], str]
+    """The user message showing the environment's state after a step."""
+
+
+def game2048_env(messages: list[dict[str, str]]) -> Game2048Env:
+    """A 2048 game at the prompt's board (read back from `game2048_question`'s grid); its spawns are seeded by the
+    board, so every completion of a GRPO group plays against the same tile sequence."""
+    grid = messages[-1]["content"].split("\n\n")[0].splitlines()[1:]
+    board = np.array([[0 if cell == "." else int(cell) for cell in row.split()] for row in grid], dtype=np.int64)
+    env = Game2048Env()
+    env.reset(seed=zlib.crc32(board.tobytes()), options={"board": board})
+    return env
+
+
+TURN_BASED: dict[str, Turns] = {
+    "oss_grpo/Game2048-v0": Turns(
+        env_for=game2048_env, act=lambda parsed: parse_move(parsed.final),
+        observe=lambda env: game2048_question(env.board),
+    ),
+}
+"""Environment id -> its multi-turn play, for `max_turns > 1`."""

