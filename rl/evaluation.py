@@ -69,7 +69,8 @@ def eval_game2048(config: TrainConfig, sample: PolicySampler) -> Metrics:
     answers = sample([[{"role": "user", "content": game2048_question(b)}] for b in boards])
     rewards = move_quality([a.parsed for a in answers], [b.tolist() for b in boards])
     envs = [Game2048Env() for _ in range(config.eval_games)]
-    states = [env.reset(seed=seed * 100_003 + g)[0] for g, env in enumerate(envs)]
+    # starting_boards seeds its i-th game seed * 100_003 + i: the full games take the indices after the boards'.
+    states = [env.reset(seed=seed * 100_003 + config.eval_tasks + g)[0] for g, env in enumerate(envs)]
     live, invalid, moves = list(range(len(envs))), 0, 0
     for _ in range(config.eval_max_moves):
         if not live:
@@ -92,10 +93,16 @@ def eval_game2048(config: TrainConfig, sample: PolicySampler) -> Metrics:
             "win_rate": float(np.mean([t >= 2048 for t in tiles])), "invalid_answer_rate": invalid / max(moves, 1)}
 
 
+def strategy_eval_seeds(config: TrainConfig) -> tuple[int, ...]:
+    """Game seeds of the strategy evaluation: training's are `seed * 1_000_003 + k` (rl/tasks.py), so these, those of
+    seed + EVAL_SEED_OFFSET, never meet this config's training games."""
+    return tuple((config.seed + EVAL_SEED_OFFSET) * 1_000_003 + g for g in range(config.eval_games))
+
+
 def eval_game2048_strategy(config: TrainConfig, sample: PolicySampler) -> Metrics:
     dataset, _ = task_builder(config.env)(dataclasses.replace(config, num_tasks=1))
     answers = sample(list(dataset["prompt"]) * config.eval_tasks)
-    seeds = tuple(config.seed + EVAL_SEED_OFFSET + g for g in range(config.eval_games))
+    seeds = strategy_eval_seeds(config)
     runs = [play_strategy(extract_code(a.parsed.final), seeds, config.strategy_max_moves, config.strategy_timeout_s)
             for a in answers]
     tiles = [g.max_tile for run in runs for g in run.games] + [0] * sum(len(seeds) for run in runs if run.failure)

@@ -41,6 +41,18 @@ def test_eval_writes_the_metrics_as_json_and_is_reproducible_for_a_seed(adapter:
     assert metrics_table(first).splitlines()[0].split() == ["metric", "value"]
 
 
+@pytest.mark.parametrize("seed", [0, 1, 7])
+def test_evaluation_games_are_held_out_from_training(seed: int) -> None:
+    from oss_grpo.rl.evaluation import strategy_eval_seeds
+    from oss_grpo.rl.tasks import task_builder
+
+    config = load_config(REPO / "configs/2048-strategy-tiny.yaml", [f"seed={seed}", "eval_games=16"])
+    dataset, _ = task_builder(config.env)(config)
+    trained = {s for seeds in dataset["game_seeds"] for s in seeds}
+    assert len(trained) == config.num_tasks * config.strategy_games
+    assert not trained & set(strategy_eval_seeds(config))
+
+
 def test_missing_adapter_is_a_checkpoint_error(tmp_path: Path) -> None:
     from oss_grpo.rl.evaluation import evaluate
 
