@@ -218,6 +218,18 @@ def _run_untrusted(payload: dict) -> bytes:
     return _report(None, value_json=text)
 
 
+def _import_oss_grpo(root: str) -> None:
+    """Import our package from its folder. An editable install reaches it through a finder that `-S` leaves out,
+    and that folder is the repo root itself (pyproject package-dir), which no `sys.path` entry can name."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("oss_grpo", os.path.join(root, "__init__.py"),
+                                                  submodule_search_locations=[root])
+    package = importlib.util.module_from_spec(spec)
+    sys.modules["oss_grpo"] = package
+    spec.loader.exec_module(package)
+
+
 def main() -> None:
     payload = marshal.loads(sys.stdin.buffer.read())
     fd = payload["result_fd"]
@@ -227,6 +239,8 @@ def main() -> None:
         payload["harness_fn"] = None
         if payload["harness"]:  # trusted checker code; a failure here is the caller's: a setup error
             module, _, name = payload["harness"].partition(":")
+            if module.startswith("oss_grpo."):
+                _import_oss_grpo(payload["package_root"])
             payload["harness_fn"] = vars(__import__(module, fromlist=[name]))[name]
         for module in payload["preload"]:
             try:

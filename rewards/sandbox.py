@@ -212,6 +212,7 @@ def run(
         "seccomp": _seccomp.build_filter() if iso.seccomp else None,
         "memory_mb": memory_mb, "disk_mb": disk_mb, "cpu_s": math.ceil(timeout_s) + 1,
         "result_items": 1_000_000, "result_limit": result_limit_bytes, "harness": harness,
+        "package_root": str(Path(__file__).resolve().parents[1]),
     }
     cmd = [sys.executable, "-I", "-S", "-B", str(_CHILD)]
     if iso.namespaces:
