@@ -1,6 +1,7 @@
 """The `oss-grpo` command (also `python -m oss_grpo`).
 
     oss-grpo train CONFIG.yaml [--set key=value ...] [--resume DIR]
+    oss-grpo eval CONFIG.yaml --checkpoint DIR [--set key=value ...]
     oss-grpo check-plugin NAME [--config CONFIG.yaml] [--set key=value ...] [--max-seconds S]
     oss-grpo export RUN_DIR [--merged OUT] [--adapter OUT] [--dtype bfloat16|float32]
 
@@ -24,11 +25,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     train.add_argument("config", help="YAML file of options (see docs/CONFIG.md)")
     train.add_argument("--resume", metavar="DIR",
                        help="continue the run in DIR from its newest complete checkpoint (sets output_dir=DIR)")
+    evaluate = commands.add_parser("eval", help="evaluate a checkpoint on its environment's held-out tasks")
+    evaluate.add_argument("config", help="the run's YAML config (its env, model and eval_* options)")
+    evaluate.add_argument("--checkpoint", required=True, metavar="DIR",
+                          help="a run's final/ or checkpoint-N/ folder (LoRA adapter)")
     check = commands.add_parser("check-plugin", help="validate a reward plugin (docs/PLUGINS.md)")
     check.add_argument("name", help="registered reward name, pkg.module:fn, path/to/file.py:fn or entry-point name")
     check.add_argument("--config", help="YAML file whose env (and its options) provides the sample tasks")
     check.add_argument("--max-seconds", type=float, default=1.0, help="slowest acceptable time per completion")
-    for command in (train, check):
+    for command in (train, evaluate, check):
         command.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                              help="override one option, e.g. --set max_steps=2 (repeatable)")
     export = commands.add_parser("export", help="write a trained run as a merged checkpoint and/or its adapter")
@@ -49,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "check-plugin":
             return check_plugin(args.name, args.config, args.overrides, args.max_seconds)
+        if args.command == "eval":
+            return evaluate(args.config, args.overrides, args.checkpoint)
         if args.command == "export":
             return export(args.run_dir, args.merged, args.adapter, args.dtype)
         return train(args.config, args.overrides, args.resume)
@@ -64,7 +71,18 @@ def train(config_path: str, overrides: list[str], resume: str | None) -> int:
     from oss_grpo.rl.train import train as run  # heavy imports (torch, trl) only after the config is valid
 
     run_dir = run(config, resume=resume is not None)
-    print(f"run folder: {run_dir} (metrics.jsonl, reward_curve.png, final/)")
+    print(f"run folder: {run_dir} (metrics.jsonl, reward_curve.png, samples.md, final/)")
+    return 0
+
+
+def evaluate(config_path: str, overrides: list[str], checkpoint: str) -> int:
+    from oss_grpo.rl.config import load_config
+
+    config = load_config(config_path, overrides)
+    from oss_grpo.rl.evaluation import evaluate as run, metrics_table  # heavy imports once the config is valid
+
+    metrics, path = run(config, checkpoint)
+    print(f"eval of {checkpoint} on {config.env}\n{metrics_table(metrics)}\nwritten to {path}")
     return 0
 
 

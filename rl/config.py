@@ -7,6 +7,7 @@ types and impossible values raise `ConfigError` naming the key and the reason.
 
 import ast
 import dataclasses
+import importlib.util
 import types
 import typing
 from dataclasses import dataclass, field
@@ -117,6 +118,12 @@ class TrainConfig:
     """Optimizer steps to train (constant learning rate: GRPO runs are short and their reward is the schedule)."""
     gradient_checkpointing: bool = True
     """Recompute activations in the backward pass: much less memory for long completions, ~30% more compute."""
+    micro_batch_size: int = 0
+    """Completions per forward/backward pass (0 = the whole batch at once). A smaller value trades time for memory:
+    the step's batch is still sampled at once and the gradients of its micro-batches are accumulated, so the
+    update is the same. Must divide prompts_per_step * group_size."""
+    gpu_memory_gb: float = 0.0
+    """GPU memory the start-up estimate is checked against, in GB (10^9 bytes); 0 = the visible GPU's total."""
     seed: int = 0
     """Seed of the model init, the task set, sampling and data order."""
 
@@ -127,11 +134,26 @@ class TrainConfig:
     """Save a checkpoint (adapters, optimizer, scheduler, RNG, data position) every this many steps."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to train: auto picks cuda when available."""
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    """Experiment trackers TRL logs to: tensorboard (always on, in the run folder), wandb, trackio (each needs its
+    package installed; wandb also a login or WANDB_MODE=offline)."""
+    samples_every: int = 10
+    """Every this many steps, append a table of the step's completions (prompt tail, parsed final answer, reward)
+    to samples.jsonl and samples.md in the run folder; 0 = never."""
+
+    # --- evaluation (`oss-grpo eval`) ---
+    eval_tasks: int = 64
+    """2048 move mode: held-out boards (seeds disjoint from training) scored by the move reward; kernelgen: the
+    number of prompts (cycling through kernelgen_tasks)."""
+    eval_games: int = 8
+    """2048 (both modes): full seeded games played by the policy, held out from training."""
+    eval_max_moves: int = 200
+    """2048 move mode: move budget per evaluated game (each move is one generation call per game)."""
 
     def __post_init__(self) -> None:
         positive = ["tiny_hidden_size", "tiny_head_dim", "lora_r", "lora_alpha", "num_tasks", "prompts_per_step",
                     "max_completion_tokens", "max_steps", "save_steps", "strategy_games", "strategy_max_moves",
-                    "vllm_max_model_len", "max_turns"]
+                    "vllm_max_model_len", "max_turns", "eval_tasks", "eval_games", "eval_max_moves"]
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}={getattr(self, name)}: must be a positive integer")
@@ -146,7 +168,8 @@ class TrainConfig:
             raise ConfigError(f"vllm_memory_utilization={self.vllm_memory_utilization}: must be in (0, 1]")
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"top_p={self.top_p}: must be in (0, 1]")
-        for name in ("beta", "epsilon", "max_grad_norm", "top_k"):
+        for name in ("beta", "epsilon", "max_grad_norm", "top_k", "micro_batch_size", "gpu_memory_gb",
+                     "samples_every"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}={getattr(self, name)}: must be >= 0")
         if not 0 < self.strategy_timeout_s <= 3600:
@@ -159,6 +182,25 @@ class TrainConfig:
                               f"{', '.join(KERNEL_TASKS)}")
         if not self.lora_target_modules:
             raise ConfigError("lora_target_modules: at least one module name is needed")
+        batch = self.prompts_per_step * self.group_size
+        if self.micro_batch_size and batch % self.micro_batch_size:
+            raise ConfigError(f"micro_batch_size={self.micro_batch_size}: must divide the batch of "
+                              f"prompts_per_step * group_size = {batch} completions")
+        self.report_to = _check_trackers(self.report_to)
+
+
+TRACKERS = ("tensorboard", "wandb", "trackio")
+"""Names `report_to` accepts: TRL's `report_to` backends we document and test."""
+
+
+def _check_trackers(names: list[str]) -> list[str]:
+    """`names` with tensorboard first (always on); unknown names and trackers whose package is missing are errors."""
+    for name in names:
+        if name not in TRACKERS:
+            raise ConfigError(f"report_to={names!r}: {name!r} is not one of {', '.join(TRACKERS)}")
+        if name != "tensorboard" and importlib.util.find_spec(name) is None:
+            raise ConfigError(f"report_to={names!r}: {name} is not installed (pip install {name})")
+    return ["tensorboard", *dict.fromkeys(n for n in names if n != "tensorboard")]
 
 
 def _check_type(key: str, value: Any, annotation: Any) -> Any:

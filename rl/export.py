@@ -16,15 +16,15 @@ import shutil
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, PeftModel
+from peft import PeftModel
 from safetensors.torch import save_file
 
 from oss_grpo.kernels.mxfp4 import dequantize
 from oss_grpo.rl.config import load_config
 from oss_grpo.rl.errors import CheckpointError
 from oss_grpo.rl.moe import PROJECTIONS, Mxfp4Experts
-from oss_grpo.rl.moe_lora import Mxfp4ExpertsLora, with_expert_lora
-from oss_grpo.rl.policy import load_policy
+from oss_grpo.rl.moe_lora import Mxfp4ExpertsLora
+from oss_grpo.rl.policy import load_policy_with_adapter
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
@@ -40,9 +40,7 @@ def adapter_folder(run_dir: Path) -> Path:
 def load_trained_policy(run_dir: Path) -> PeftModel:
     """The run's base policy (its config.yaml) with the trained adapter on, expert LoRA included."""
     config = load_config(str(Path(run_dir) / "config.yaml"), [])
-    folder = adapter_folder(run_dir)
-    lora = with_expert_lora(LoraConfig.from_pretrained(str(folder)))
-    return PeftModel.from_pretrained(load_policy(config), str(folder), config=lora).eval()
+    return load_policy_with_adapter(config, adapter_folder(run_dir))
 
 
 def expert_weights(experts: Mxfp4Experts, lora: Mxfp4ExpertsLora | None, proj: str, dtype: torch.dtype) -> torch.Tensor:

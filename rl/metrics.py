@@ -1,4 +1,5 @@
-"""Run metrics: one JSON line per optimizer step in `metrics.jsonl`, and the reward-curve PNG at the end."""
+"""Run metrics: one JSON line per optimizer step in `metrics.jsonl`, and the reward and completion-length PNGs at the
+end. TensorBoard logs come from TRL (`report_to`, always including tensorboard)."""
 
 import json
 import time
@@ -13,15 +14,16 @@ _KEYS = {"reward": "reward_mean", "reward_std": "reward_std", "loss": "loss", "k
          "sync/seconds": "sync_seconds", "sampling/sampling_logp_difference/max": "sampler_logp_diff_max"}
 
 
-def read_metrics(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / METRICS_FILE
+def read_metrics(run_dir: Path, name: str = METRICS_FILE) -> list[dict]:
+    """The rows of a run's JSON-lines file (`metrics.jsonl`, or `samples.jsonl` whose rows also carry a step)."""
+    path = Path(run_dir) / name
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def truncate_metrics(run_dir: Path, last_step: int) -> None:
+def truncate_metrics(run_dir: Path, last_step: int, name: str = METRICS_FILE) -> None:
     """Drop lines after `last_step`: a resumed run recomputes them, so the file never has gaps or duplicates."""
-    kept = [m for m in read_metrics(run_dir) if m["step"] <= last_step]
-    (Path(run_dir) / METRICS_FILE).write_text("".join(json.dumps(m) + "\n" for m in kept))
+    kept = [m for m in read_metrics(run_dir, name) if m["step"] <= last_step]
+    (Path(run_dir) / name).write_text("".join(json.dumps(m) + "\n" for m in kept))
 
 
 class MetricsCallback(TrainerCallback):
@@ -46,8 +48,9 @@ class MetricsCallback(TrainerCallback):
             f.write(json.dumps(record) + "\n")
 
 
-def plot_reward_curve(run_dir: Path) -> Path:
-    """reward_curve.png: mean reward per step (with its group std band) and the mean completion length."""
+def plot_curves(run_dir: Path) -> list[Path]:
+    """reward_curve.png (mean reward per step with its group std band) and completion_length.png (mean completion
+    tokens per step: a collapse to empty answers or a climb to max_completion_tokens shows here first)."""
     import matplotlib
 
     matplotlib.use("Agg")  # headless: the CLI and CI have no display
@@ -57,16 +60,18 @@ def plot_reward_curve(run_dir: Path) -> Path:
     steps = [r["step"] for r in rows]
     mean = [r["reward_mean"] for r in rows]
     std = [r.get("reward_std", 0.0) for r in rows]
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
-    top.plot(steps, mean, label="mean reward")
-    top.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.2)
-    top.set_ylabel("reward")
-    top.legend()
-    bottom.plot(steps, [r.get("completion_length", 0.0) for r in rows], color="tab:orange")
-    bottom.set_ylabel("completion tokens")
-    bottom.set_xlabel("step")
-    fig.tight_layout()
-    path = Path(run_dir) / "reward_curve.png"
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    paths = []
+    for name, ylabel in (("reward_curve", "mean reward"), ("completion_length", "completion tokens")):
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        if name == "reward_curve":
+            ax.plot(steps, mean)
+            ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.2)
+        else:
+            ax.plot(steps, [r.get("completion_length", 0.0) for r in rows], color="tab:orange")
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        fig.tight_layout()
+        paths.append(Path(run_dir) / f"{name}.png")
+        fig.savefig(paths[-1])
+        plt.close(fig)
+    return paths

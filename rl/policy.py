@@ -9,11 +9,11 @@ experts are quantised once (rl/moe.py).
 from pathlib import Path
 
 import torch
-from peft import LoraConfig
+from peft import LoraConfig, PeftModel
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from oss_grpo.rl.config import TrainConfig
-from oss_grpo.rl.errors import ConfigError
+from oss_grpo.rl.errors import CheckpointError, ConfigError
 from oss_grpo.rl.gpt_oss_loader import is_mxfp4_checkpoint, load_mxfp4_gpt_oss
 from oss_grpo.rl.moe import swap_experts
 from oss_grpo.rl.moe_lora import with_expert_lora
@@ -51,3 +51,12 @@ def lora_config(config: TrainConfig) -> LoraConfig:
     return with_expert_lora(LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha,
                                        target_modules=config.lora_target_modules, lora_dropout=0.0, bias="none",
                                        task_type="CAUSAL_LM"))
+
+
+def load_policy_with_adapter(config: TrainConfig, folder: Path) -> PeftModel:
+    """`config`'s base policy with the LoRA adapter saved in `folder` (a run's final/ or checkpoint-N/), expert LoRA
+    included (PEFT needs our custom layer registered on the saved config to rebuild it)."""
+    if not (Path(folder) / "adapter_config.json").is_file():
+        raise CheckpointError(f"{folder}: no adapter_config.json (expected a run's final/ or checkpoint-N/)")
+    lora = with_expert_lora(LoraConfig.from_pretrained(str(folder)))
+    return PeftModel.from_pretrained(load_policy(config), str(folder), config=lora).eval()

@@ -20,9 +20,11 @@ from oss_grpo.rl.checkpoint import CompleteMarker, checkpoint_step, latest_check
 from oss_grpo.rl.config import TrainConfig
 from oss_grpo.rl.errors import ConfigError, GeneratorError
 from oss_grpo.rl.harmony import harmony_tokenizer
-from oss_grpo.rl.metrics import MetricsCallback, plot_reward_curve, truncate_metrics
+from oss_grpo.rl.memory import announce
+from oss_grpo.rl.metrics import METRICS_FILE, MetricsCallback, plot_curves, truncate_metrics
 from oss_grpo.rl.policy import load_policy, lora_config
 from oss_grpo.rl.rollout import Rollout
+from oss_grpo.rl.samples import SAMPLES_FILE, SampleTable
 from oss_grpo.rl.tasks import TURN_BASED, task_builder
 from oss_grpo.rl.weight_sync import attach
 
@@ -45,15 +47,18 @@ def score_only_completion_tokens() -> None:
 def grpo_args(config: TrainConfig, use_cpu: bool):
     from trl import GRPOConfig
 
+    batch = config.prompts_per_step * config.group_size
+    micro = config.micro_batch_size or batch  # TRL samples the whole batch once, then accumulates its micro-batches
     return GRPOConfig(
         output_dir=config.output_dir, seed=config.seed, use_cpu=use_cpu, bf16=config.dtype == "bfloat16",
-        num_generations=config.group_size, per_device_train_batch_size=config.prompts_per_step * config.group_size,
+        num_generations=config.group_size, per_device_train_batch_size=micro,
+        gradient_accumulation_steps=batch // micro,
         max_completion_length=config.max_completion_tokens, temperature=config.temperature, top_p=config.top_p,
         top_k=config.top_k, loss_type=config.loss_type, beta=config.beta, epsilon=config.epsilon,
         learning_rate=config.learning_rate, lr_scheduler_type="constant", max_grad_norm=config.max_grad_norm,
         max_steps=config.max_steps, gradient_checkpointing=config.gradient_checkpointing,
         reward_weights=list(config.rewards.values()), save_steps=config.save_steps, logging_steps=1,
-        report_to=["tensorboard"], disable_tqdm=False, optim="adamw_torch",
+        report_to=config.report_to, disable_tqdm=False, optim="adamw_torch",
     )
 
 
@@ -78,20 +83,23 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     if config.max_turns > 1 and config.env not in TURN_BASED:
         raise ConfigError(f"max_turns={config.max_turns}: env={config.env!r} has no multi-turn play; "
                           f"known: {', '.join(TURN_BASED)}")
-    rewards = [GuardedReward(name, get_reward(name), config.reward_on_error) for name in config.rewards]
     # TRL warns when the installed vLLM is newer than its own vLLM integration supports; we drive vLLM ourselves.
     warnings.filterwarnings("ignore", message="TRL currently supports vLLM versions")
     from trl import GRPOTrainer  # after the checks above: a bad config fails fast and quietly
 
     run_dir = Path(config.output_dir)
+    samples = SampleTable(run_dir, config.samples_every, config.rewards)
+    rewards = [samples.watch(GuardedReward(name, get_reward(name), config.reward_on_error)) for name in config.rewards]
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = latest_checkpoint(run_dir) if resume else None
-    truncate_metrics(run_dir, checkpoint_step(checkpoint) if checkpoint else 0)
+    for name in (METRICS_FILE, SAMPLES_FILE):
+        truncate_metrics(run_dir, checkpoint_step(checkpoint) if checkpoint else 0, name)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(asdict(config), sort_keys=False))
 
     score_only_completion_tokens()
     use_cpu = config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available())
     dataset, actions = build_tasks(config)
+    announce(config, dataset["prompt"], rollout_backend(config))
     rollout = Rollout(config, actions, TURN_BASED.get(config.env))
     trainer = GRPOTrainer(
         model=load_policy(config),
@@ -101,7 +109,7 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
         processing_class=harmony_tokenizer(),
         peft_config=lora_config(config),
         rollout_func=rollout,
-        callbacks=[MetricsCallback(run_dir), CompleteMarker()],
+        callbacks=[MetricsCallback(run_dir), samples, CompleteMarker()],
     )
     engine = None
     if rollout_backend(config) == "vllm":
@@ -121,5 +129,5 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
             engine.close()
     trainer.save_model(str(run_dir / "final"))
     harmony_tokenizer().save_pretrained(run_dir / "final")
-    plot_reward_curve(run_dir)
+    plot_curves(run_dir)
     return run_dir

@@ -29,6 +29,9 @@ def write(tmp_path: Path, text: str) -> Path:
         ("constrain_to_actions: 3\n", "constrain_to_actions", "expected bool"),
         ("rewards: {game2048_move: high}\n", "rewards.game2048_move", "expected float"),
         ("top_p: 1.5\n", "top_p", "(0, 1]"),
+        ("micro_batch_size: 3\n", "micro_batch_size=3", "must divide the batch of prompts_per_step * group_size = 64"),
+        ("report_to: [mlflow]\n", "report_to", "'mlflow' is not one of tensorboard, wandb, trackio"),
+        ("report_to: [wandb]\nmodel: tiny\n", "report_to", "wandb is not installed (pip install wandb)"),
         ("generator: sglang\n", "generator", "must be one of"),
         ("vllm_memory_utilization: 0\n", "vllm_memory_utilization", "(0, 1]"),
         ("max_turns: 0\n", "max_turns", "positive integer"),
@@ -55,6 +58,10 @@ def test_overrides_are_typed_and_validated(tmp_path: Path) -> None:
         load_config(None, ["group_size=1"])
     with pytest.raises(ConfigError, match="expected key=value"):
         load_config(None, ["max_steps"])
+
+
+def test_tensorboard_is_always_reported_to() -> None:
+    assert load_config(None, ["report_to=[]"]).report_to == ["tensorboard"]
 
 
 def test_every_field_has_a_docstring() -> None:
