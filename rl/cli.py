@@ -50,7 +50,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    # Our progress at INFO, other libraries' only from WARNING: vLLM logs its Triton probing at INFO on import.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("oss_grpo").setLevel(logging.INFO)
     try:
         if args.command == "check-plugin":
             return check_plugin(args.name, args.config, args.overrides, args.max_seconds)

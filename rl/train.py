@@ -83,13 +83,12 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     if config.max_turns > 1 and config.env not in TURN_BASED:
         raise ConfigError(f"max_turns={config.max_turns}: env={config.env!r} has no multi-turn play; "
                           f"known: {', '.join(TURN_BASED)}")
-    # TRL warns when the installed vLLM is newer than its own vLLM integration supports; we drive vLLM ourselves.
-    warnings.filterwarnings("ignore", message="TRL currently supports vLLM versions")
-    from trl import GRPOTrainer  # after the checks above: a bad config fails fast and quietly
-
     run_dir = Path(config.output_dir)
     samples = SampleTable(run_dir, config.samples_every, config.rewards)
     rewards = [samples.watch(GuardedReward(name, get_reward(name), config.reward_on_error)) for name in config.rewards]
+    # TRL warns when the installed vLLM is newer than its own vLLM integration supports; we drive vLLM ourselves.
+    warnings.filterwarnings("ignore", message="TRL currently supports vLLM versions")
+    from trl import GRPOTrainer  # after the checks above (importing trl probes vLLM): a bad config fails quietly
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = latest_checkpoint(run_dir) if resume else None
     for name in (METRICS_FILE, SAMPLES_FILE):

