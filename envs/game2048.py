@@ -60,6 +60,17 @@ def render_board(board: np.ndarray) -> str:
     return "\n".join(" ".join(f"{v:>4}" if v else "   ." for v in row) for row in board)
 
 
+def parse_board(text: str) -> np.ndarray:
+    """The board `render_board` wrote.
+
+    >>> board = np.array([[2, 0, 0, 4], [0] * 4, [0] * 4, [1024, 0, 0, 0]])
+    >>> bool((parse_board(render_board(board)) == board).all())
+    True
+    """
+    rows = [[0 if cell == "." else int(cell) for cell in line.split()] for line in text.splitlines()]
+    return np.array(rows, dtype=np.int64)
+
+
 def parse_move(text: str | None) -> int | None:
     """The action named by a final answer (`up`, `Left.`, ` DOWN `), or None if it names no single move."""
     if text is None:

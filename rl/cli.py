@@ -50,7 +50,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    # Our progress at INFO, other libraries' only from WARNING: vLLM logs its Triton probing at INFO on import.
+    # Our progress at INFO, other libraries' only from WARNING (vLLM, once imported, logs its Triton probing at INFO).
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("oss_grpo").setLevel(logging.INFO)
     try:

@@ -16,7 +16,7 @@ import gymnasium
 import numpy as np
 from datasets import Dataset
 
-from oss_grpo.envs.game2048 import MOVES, Game2048Env, parse_move, render_board, starting_boards
+from oss_grpo.envs.game2048 import MOVES, Game2048Env, parse_board, parse_move, render_board, starting_boards
 from oss_grpo.envs.game2048_strategy import STRATEGY_PROMPT, WARM_START_ANSWERS
 from oss_grpo.envs.kernelgen import KERNEL_TASKS, prompt
 from oss_grpo.rewards.game2048_strategy import ALLOWED_IMPORTS
@@ -102,8 +102,7 @@ class Turns:
 def game2048_env(messages: list[dict[str, str]]) -> Game2048Env:
     """A 2048 game at the prompt's board (read back from `game2048_question`'s grid); its spawns are seeded by the
     board, so every completion of a GRPO group plays against the same tile sequence."""
-    grid = messages[-1]["content"].split("\n\n")[0].splitlines()[1:]
-    board = np.array([[0 if cell == "." else int(cell) for cell in row.split()] for row in grid], dtype=np.int64)
+    board = parse_board(messages[-1]["content"].split("\n\n")[0].partition("\n")[2])
     env = Game2048Env()
     env.reset(seed=zlib.crc32(board.tobytes()), options={"board": board})
     return env

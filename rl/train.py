@@ -89,6 +89,7 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     # TRL warns when the installed vLLM is newer than its own vLLM integration supports; we drive vLLM ourselves.
     warnings.filterwarnings("ignore", message="TRL currently supports vLLM versions")
     from trl import GRPOTrainer  # after the checks above (importing trl probes vLLM): a bad config fails quietly
+
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = latest_checkpoint(run_dir) if resume else None
     for name in (METRICS_FILE, SAMPLES_FILE):
@@ -98,7 +99,8 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     score_only_completion_tokens()
     use_cpu = config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available())
     dataset, actions = build_tasks(config)
-    announce(config, dataset["prompt"], rollout_backend(config))
+    backend = rollout_backend(config)
+    announce(config, dataset["prompt"], backend)
     rollout = Rollout(config, actions, TURN_BASED.get(config.env))
     trainer = GRPOTrainer(
         model=load_policy(config),
@@ -111,7 +113,7 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
         callbacks=[MetricsCallback(run_dir), samples, CompleteMarker()],
     )
     engine = None
-    if rollout_backend(config) == "vllm":
+    if backend == "vllm":
         from oss_grpo.rl.vllm_generator import VllmGenerator
 
         engine = rollout.generator = VllmGenerator.from_policy(trainer.model, config)

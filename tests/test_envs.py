@@ -6,7 +6,8 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import oss_grpo.envs  # noqa: F401  (registers the ids)
-from oss_grpo.envs.game2048 import Game2048Env, legal_actions, parse_move, render_board, slide, starting_boards
+from oss_grpo.envs.game2048 import (Game2048Env, legal_actions, parse_board, parse_move, render_board, slide,
+                                   starting_boards)
 
 OUR_IDS = [i for i in gymnasium.registry if i.startswith("oss_grpo/")]
 
@@ -77,3 +78,4 @@ def test_starting_boards_are_playable_and_seeded() -> None:
     assert all(legal_actions(b) for b in boards)
     assert all(np.array_equal(x, y) for x, y in zip(boards, starting_boards(20, seed=3)))
     assert "   ." in render_board(boards[0])
+    assert all(np.array_equal(parse_board(render_board(b)), b) for b in boards)  # what multi-turn play reads back
