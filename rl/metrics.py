@@ -5,7 +5,7 @@ import json
 import time
 from pathlib import Path
 
-from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers import ProgressCallback, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 METRICS_FILE = "metrics.jsonl"
 # TRL's log keys -> ours (what a user plots first).
@@ -46,6 +46,16 @@ class MetricsCallback(TrainerCallback):
         self.last_time, self.last_tokens = now, tokens
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
+
+
+class RewardBar(ProgressCallback):
+    """transformers' progress bar with the step's mean reward and loss beside it, instead of its default of printing
+    every step's whole log dict (30 keys) under the bar; metrics.jsonl and TensorBoard keep all of them."""
+
+    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+               logs: dict | None = None, **kwargs) -> None:
+        if state.is_world_process_zero and self.training_bar is not None and logs and "reward" in logs:
+            self.training_bar.set_postfix(reward=f"{logs['reward']:.3f}", loss=f"{logs.get('loss', 0.0):.4g}")
 
 
 def plot_curves(run_dir: Path) -> list[Path]:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from transformers import ProgressCallback
 
 from oss_grpo.rewards import get as get_reward
 from oss_grpo.rewards.guard import GuardedReward
@@ -21,7 +22,7 @@ from oss_grpo.rl.config import TrainConfig
 from oss_grpo.rl.errors import ConfigError, GeneratorError
 from oss_grpo.rl.harmony import harmony_tokenizer
 from oss_grpo.rl.memory import announce
-from oss_grpo.rl.metrics import METRICS_FILE, MetricsCallback, plot_curves, truncate_metrics
+from oss_grpo.rl.metrics import METRICS_FILE, MetricsCallback, RewardBar, plot_curves, truncate_metrics
 from oss_grpo.rl.policy import load_policy, lora_config
 from oss_grpo.rl.rollout import Rollout
 from oss_grpo.rl.samples import SAMPLES_FILE, SampleTable
@@ -112,6 +113,8 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
         rollout_func=rollout,
         callbacks=[MetricsCallback(run_dir), samples, CompleteMarker()],
     )
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(RewardBar())
     engine = None
     if backend == "vllm":
         from oss_grpo.rl.vllm_generator import VllmGenerator

@@ -33,6 +33,8 @@ def test_train_two_steps_writes_the_run_folder(tmp_path: Path) -> None:
     assert (run / "checkpoint-2" / "COMPLETE").exists()
     assert (run / "final" / "adapter_model.safetensors").exists()
     assert (run / "final" / "tokenizer.json").exists()
+    terminal = result.stdout + result.stderr  # the bar shows the reward; the 30-key log dicts stay in the files
+    assert "reward=" in terminal and "'loss':" not in terminal
 
 
 @pytest.mark.parametrize(
