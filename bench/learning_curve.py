@@ -5,7 +5,9 @@
 For each seed: mean reward over the first 20% and the last 20% of steps. The claim holds when the mean gain
 (last - first) is larger than the spread of the final reward across seeds (max - min of the last-20% means).
 Prints a markdown table for docs/BENCHMARKS.md. `--jobs 3` trains the seeds side by side (a many-core machine; each
-run's wall time then includes sharing the cores).
+run's wall time then includes sharing the cores). A seed whose run folder already holds a finished run (a metrics.jsonl
+row for every step) is read, not trained again, so an interrupted bench continues where it stopped, and the README's
+main command (seed 0, `runs/2048-tiny`) can be copied in as `OUT/seed0`; its wall time is then the sum of its steps'.
 """
 
 import argparse
@@ -17,14 +19,27 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import yaml
+
+
+def read_rows(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
 
 def run(config: str, seed: int, out: Path) -> tuple[float, float, float]:
     run_dir = out / f"seed{seed}"
-    start = time.monotonic()
-    subprocess.run([sys.executable, "-m", "oss_grpo", "train", config, "--set", f"seed={seed}",
-                    "--set", f"output_dir={run_dir}"], check=True, stdout=subprocess.DEVNULL)
-    seconds = time.monotonic() - start
-    rewards = [json.loads(line)["reward_mean"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = yaml.safe_load(Path(config).read_text())["max_steps"]
+    rows = read_rows(run_dir)
+    if len(rows) == steps:
+        seconds = sum(row["seconds"] for row in rows)
+    else:
+        start = time.monotonic()
+        subprocess.run([sys.executable, "-m", "oss_grpo", "train", config, "--set", f"seed={seed}",
+                        "--set", f"output_dir={run_dir}"], check=True, stdout=subprocess.DEVNULL)
+        seconds = time.monotonic() - start
+        rows = read_rows(run_dir)
+    rewards = [row["reward_mean"] for row in rows]
     fifth = max(1, len(rewards) // 5)
     return statistics.mean(rewards[:fifth]), statistics.mean(rewards[-fifth:]), seconds
 
