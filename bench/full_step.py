@@ -3,7 +3,7 @@
 Run on a CUDA machine from the repo root (bench/full_step_gpu.sh installs TRL first where the image lacks it):
 
     python bench/full_step.py --shape 20b --mode both --json full_step.json
-    python bench/full_step.py --shape 120b --mode ours     # load, generate, one short training step (or per-part memory)
+    python bench/full_step.py --shape 120b --mode ours     # load, generate, one short step (or per-part memory + OOM)
     python bench/full_step.py --shape tiny --device cpu    # the CPU smoke run that tests/test_full_step.py makes
 
 The model has the released configuration (`RELEASED` in rl/memory.py: 24 or 36 layers, hidden 2880, 64 query / 8 KV
@@ -36,8 +36,8 @@ memory (max_memory_allocated, reset at its start; for micro-batched phases the m
 
 Log-probs come from TRL's fused LM head (`trl.trainer.utils.add_fused_lm_head`, which GRPOTrainer itself installs):
 tiles of 4,096 tokens x 32,768 vocabulary columns, recomputed in backward, so [tokens, 201,088] fp32 logits never
-exist (tests/test_full_step.py holds it against the full-logits computation, values and gradients). One warm-up step
-with 2 new tokens runs first so Triton compilation stays out of the timings.
+exist (tests/test_full_step.py holds it against the full-logits computation, values and gradients). On CUDA a
+warm-up step with 2 new tokens runs first, so Triton's compilation stays out of the timings.
 
 Printed: a markdown table (seconds and peak GiB per phase and mode), decode tokens/s per sequence at the step's batch
 next to its memory floor (bytes one decode step must read from HBM, over --hbm-tbs), and the bytes by part (experts,
