@@ -42,6 +42,8 @@ warm-up step with 2 new tokens runs first, so Triton's compilation stays out of 
 Printed: a markdown table (seconds and peak GiB per phase and mode), decode tokens/s per sequence at the step's batch
 next to its memory floor (bytes one decode step must read from HBM, over --hbm-tbs), and the bytes by part (experts,
 dense, LoRA, optimizer). --json writes all of it, rewritten after each mode so a run cut short keeps what finished.
+With --mode both the baseline also scores ours' sampled sequences with its adapters off (untimed): the two modes hold
+the same base weights, so those reference log-probs must agree to bf16 noise, a check of the MXFP4 path at full size.
 """
 
 import argparse
@@ -304,7 +306,8 @@ def grpo_loss(logps: torch.Tensor, old_logps: torch.Tensor, ref_logps: torch.Ten
 
 def grpo_step(model: PeftModel, optimizer: torch.optim.Optimizer, settings: Settings, vocab: int,
               phases: Phases) -> dict:
-    """One GRPO step on random prompts and random rewards; returns the loss and grad norm."""
+    """One GRPO step on random prompts and random rewards; returns the loss, the grad norm, and (as tensors on the
+    CPU) the sampled sequences with their reference log-probs, for the other mode to score."""
     device = phases.device
     cpu = torch.Generator().manual_seed(settings.seed)
     prompts = torch.randint(0, min(vocab - 1, PAD_ID), (settings.prompts, settings.prompt_tokens), generator=cpu)
@@ -336,7 +339,8 @@ def grpo_step(model: PeftModel, optimizer: torch.optim.Optimizer, settings: Sett
         grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    return dict(loss=loss_sum, grad_norm=float(grad_norm), new_tokens=new)
+    return dict(loss=loss_sum, grad_norm=float(grad_norm), new_tokens=new, sequences=sequences.cpu(),
+                ref_logprobs=ref.float().cpu())
 
 
 def weights_estimate(shape: ModelShape, mode: str) -> float:
@@ -367,9 +371,15 @@ def lora_b_sums(model: torch.nn.Module) -> dict[str, float]:
             for name, p in model.named_parameters() if "lora_B" in name}
 
 
-def run_mode(shape: ModelShape, mode: str, settings: Settings, device: torch.device, hbm_tbs: float) -> dict:
+def run_mode(shape: ModelShape, mode: str, settings: Settings, device: torch.device, hbm_tbs: float,
+             earlier: dict | None = None) -> dict:
     """Build `mode`'s model, a warm-up step on CUDA (2 new tokens: Triton compiles there; on the CPU nothing is
-    compiled), the timed step; a dict of everything measured."""
+    compiled), the timed step; a dict of everything measured.
+
+    With `earlier` (the other mode's result), its sequences are scored here too with the adapters off: both modes
+    hold the same base weights, so the reference log-probs must agree to bf16 noise (untimed; a correctness check of
+    the MXFP4 path at full size).
+    """
     result: dict = {"mode": mode, "weights_estimate_gib": weights_estimate(shape, mode) / GIB}
     if device.type == "cuda" and weights_estimate(shape, mode) > torch.cuda.get_device_properties(device).total_memory:
         result["skipped"] = f"weights alone need {result['weights_estimate_gib']:.1f} GiB: more than this GPU holds"
@@ -390,6 +400,13 @@ def run_mode(shape: ModelShape, mode: str, settings: Settings, device: torch.dev
                 grpo_step(policy, optimizer, warm_up, shape.vocab_size, Phases(device))
         before = lora_b_sums(policy)
         result.update(grpo_step(policy, optimizer, settings, shape.vocab_size, phases))
+        if earlier and "sequences" in earlier:
+            policy.eval()
+            with torch.no_grad(), policy.disable_adapter():
+                ref = completion_logprobs(policy, earlier["sequences"].to(device), result["new_tokens"],
+                                          settings.micro_batch).float().cpu()
+            diff = (ref - earlier["ref_logprobs"]).abs()
+            result[f"ref_logprob_diff_vs_{earlier['mode']}"] = {"mean": diff.mean().item(), "max": diff.max().item()}
         after = lora_b_sums(policy)
         result["lora_b_factors"] = len(before)
         result["expert_lora_b_factors"] = sum(".experts." in name for name in before)
@@ -448,6 +465,9 @@ def markdown(report: dict) -> str:
             moved = r["lora_b_factors"] - len(r["lora_b_unchanged_by_step"])
             lines.append(f"- {mode}: LoRA B factors the step moved: {moved} of {r['lora_b_factors']}"
                          f" ({r['expert_lora_b_factors']} on experts)")
+        for key in [k for k in r if k.startswith("ref_logprob_diff_vs_")]:
+            lines.append(f"- {mode}: reference log-probs of {key.removeprefix('ref_logprob_diff_vs_')}'s sequences,"
+                         f" |difference| mean {r[key]['mean']:.2g}, max {r[key]['max']:.2g} (same base weights)")
         if "loss" in r:
             lines.append(f"- {mode}: loss {r['loss']:.4g}, grad norm {r['grad_norm']:.4g}, optimizer state"
                          f" {r['optimizer_state_bytes'] / GIB:.2f} GiB")
@@ -484,8 +504,13 @@ def main(argv: list[str] | None = None) -> dict:
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__},
         "shape": args.shape, "settings": dataclasses.asdict(settings), "hbm_tbs": args.hbm_tbs, "modes": {},
     }
+    earlier = None
     for mode in ["ours", "baseline"] if args.mode == "both" else [args.mode]:
-        report["modes"][mode] = run_mode(SHAPES[args.shape], mode, settings, device, args.hbm_tbs)
+        result = run_mode(SHAPES[args.shape], mode, settings, device, args.hbm_tbs, earlier)
+        earlier = result.copy()
+        for tensors in ("sequences", "ref_logprobs"):
+            result.pop(tensors, None)
+        report["modes"][mode] = result
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()

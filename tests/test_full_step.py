@@ -35,6 +35,8 @@ def test_both_modes_run_every_phase_and_move_every_lora_factor(tmp_path: Path) -
         assert result["decode_floor"]["all_weights_kv"] < result["decode_floor"]["experts_kv"]
         assert result["expert_lora_b_factors"] > 0, mode  # LoRA on the experts in both modes
         assert result["lora_b_unchanged_by_step"] == [], mode
+    diff = report["modes"]["baseline"]["ref_logprob_diff_vs_ours"]  # same base weights, bf16 noise apart
+    assert diff["mean"] < 0.01 and diff["max"] < 0.1, diff
     assert report["modes"]["ours"]["float_expert_tensors"] == 0
     assert report["modes"]["baseline"]["float_expert_tensors"] >= 2 * TINY.num_hidden_layers  # the check can fail
     assert report["modes"]["ours"]["parts"]["experts"] < report["modes"]["baseline"]["parts"]["experts"] / 3
