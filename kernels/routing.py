@@ -83,5 +83,8 @@ def sort_by_expert(indices: torch.Tensor, num_experts: int) -> SortedTokens:
     """`indices [T, k]` -> the copies sorted by expert (stable, so each expert's rows keep token order)."""
     flat = indices.flatten()
     slot = torch.argsort(flat, stable=True)
-    groups = ExpertGroups.from_counts(torch.bincount(flat, minlength=num_experts), flat.numel())
+    # Not torch.bincount: on CUDA it reads the largest index back to the host, a sync per MoE layer and decode step
+    # (the CPU then stops queueing kernels ahead of the GPU, and CUDA-graph capture fails).
+    counts = torch.zeros(num_experts, dtype=torch.int64, device=flat.device).index_add_(0, flat, torch.ones_like(flat))
+    groups = ExpertGroups.from_counts(counts, flat.numel())
     return SortedTokens(token=slot // indices.shape[1], slot=slot, groups=groups)

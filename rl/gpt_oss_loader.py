@@ -81,6 +81,18 @@ def meta_model(config: GptOssConfig, shapes: dict[str, tuple[int, ...]]) -> GptO
     return model
 
 
+def allocate(model: GptOssForCausalLM, dtype: torch.dtype, device: str | torch.device) -> GptOssForCausalLM:
+    """Give a gpt-oss built on the meta device uninitialised storage on `device`, in place; returns it.
+
+    Float tensors take `dtype`, the uint8 MXFP4 buffers stay uint8; the rotary frequencies (the only non-persistent
+    buffers, which `to_empty` leaves as garbage) are recomputed. The caller fills every other tensor.
+    """
+    model.to(dtype)  # the float tensors' dtype, still on meta: the uint8 buffers are not floating point
+    model.to_empty(device=device)
+    model.model.rotary_emb = GptOssRotaryEmbedding(model.config).to(device)
+    return model
+
+
 def load_mxfp4_gpt_oss(path: str | Path, dtype: torch.dtype, device: str | torch.device = "cpu") -> GptOssForCausalLM:
     """gpt-oss from a checkpoint folder with `*_blocks`/`*_scales` experts, experts as MXFP4, the rest in `dtype`."""
     path = Path(path)
@@ -90,10 +102,7 @@ def load_mxfp4_gpt_oss(path: str | Path, dtype: torch.dtype, device: str | torch
     if hasattr(config, "quantization_config"):
         del config.quantization_config  # describes the on-disk experts, which we run as they are
     files = checkpoint_files(path)
-    model = meta_model(config, _shapes(files))
-    model.to(dtype)  # the float tensors' dtype, still on meta: the uint8 buffers are not floating point
-    model.to_empty(device=device)
-    model.model.rotary_emb = GptOssRotaryEmbedding(config).to(device)
+    model = allocate(meta_model(config, _shapes(files)), dtype, device)
     targets = model.state_dict(keep_vars=True)  # tied weights appear under both names, one object
     for name, tensor in _tensors(files):
         if name not in targets:

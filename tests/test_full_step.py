@@ -1,0 +1,71 @@
+"""bench/full_step.py at tiny size on the CPU: the GPU benchmark's own functions, so its one GPU run works first time.
+
+Both modes run every phase of the step with finite losses and the step moves every LoRA factor (attention and
+experts); ours holds no float expert weight while the baseline does, and TRL's fused LM head, which the benchmark uses for every
+log-prob, equals the full-logits computation in values and gradients.
+"""
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("full_step", REPO / "bench" / "full_step.py")
+full_step = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(full_step)
+
+TINY = full_step.SHAPES["tiny"]
+SETTINGS = full_step.Settings(**full_step.DEFAULTS["tiny"])
+CPU = torch.device("cpu")
+
+
+def test_both_modes_run_every_phase_and_move_every_lora_factor(tmp_path: Path) -> None:
+    report = full_step.main(["--shape", "tiny", "--device", "cpu", "--new-tokens", "3", "--json",
+                             str(tmp_path / "report.json")])
+    assert json.loads((tmp_path / "report.json").read_text())["modes"].keys() == {"ours", "baseline"}
+    for mode, result in report["modes"].items():
+        assert "oom" not in result and "skipped" not in result, result
+        assert set(result["phases"]) == {"build", *full_step.STEP}, mode  # no warm-up on the CPU
+        assert all(phase["seconds"] > 0 for phase in result["phases"].values()), mode
+        assert math.isfinite(result["loss"]) and result["grad_norm"] > 0, result
+        assert result["new_tokens"] == 3 and result["decode_tokens_per_s_per_sequence"] > 0
+        assert result["decode_floor"]["all_weights_kv"] < result["decode_floor"]["experts_kv"]
+        assert result["expert_lora_b_factors"] > 0, mode  # LoRA on the experts in both modes
+        assert result["lora_b_unchanged_by_step"] == [], mode
+    diff = report["modes"]["baseline"]["ref_logprob_diff_vs_ours"]  # same base weights, bf16 noise apart
+    assert diff["mean"] < 0.01 and diff["max"] < 0.1, diff
+    assert report["modes"]["ours"]["float_expert_tensors"] == 0
+    assert report["modes"]["baseline"]["float_expert_tensors"] >= 2 * TINY.num_hidden_layers  # the check can fail
+    assert report["modes"]["ours"]["parts"]["experts"] < report["modes"]["baseline"]["parts"]["experts"] / 3
+
+
+def test_fused_lm_head_equals_full_logits_in_values_and_gradients() -> None:
+    import trl.trainer.utils
+
+    assert TINY.vocab_size > trl.trainer.utils._CHUNKED_LOGPROB_CHUNK_SIZE  # several vocabulary tiles
+    policy = full_step.as_policy(full_step.build_model(TINY, "ours", CPU, dtype=torch.float32), "ours", SETTINGS)
+    policy.eval()
+    with torch.no_grad():
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.1)  # adapters away from zero, so every factor gets a gradient
+    params = {name: p for name, p in policy.named_parameters() if p.requires_grad}
+    torch.manual_seed(1)
+    ids, completion = torch.randint(0, TINY.vocab_size, (2, 12)), 5
+    weights = torch.randn(2, completion)
+
+    fused = full_step.completion_logprobs(policy, ids, completion, micro_batch=2)
+    (fused * weights).sum().backward()
+    fused_grads = {name: p.grad.clone() for name, p in params.items()}
+    policy.zero_grad()
+    logits = policy(input_ids=ids).logits.float()  # [2, 12, 201088]: the full logits
+    full = logits[:, -completion - 1 : -1].log_softmax(-1).gather(-1, ids[:, -completion:, None])[..., 0]
+    (full * weights).sum().backward()
+
+    torch.testing.assert_close(fused, full, rtol=1e-5, atol=1e-5)
+    assert all(g.abs().sum() > 0 for g in fused_grads.values())
+    for name, p in params.items():
+        torch.testing.assert_close(fused_grads[name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
