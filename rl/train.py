@@ -22,6 +22,7 @@ from oss_grpo.rl.errors import ConfigError, GeneratorError
 from oss_grpo.rl.harmony import harmony_tokenizer
 from oss_grpo.rl.memory import announce
 from oss_grpo.rl.metrics import METRICS_FILE, MetricsCallback, plot_curves, truncate_metrics
+from oss_grpo.rl.nf4 import adapters_to_fp32
 from oss_grpo.rl.policy import load_policy, lora_config
 from oss_grpo.rl.rollout import Rollout
 from oss_grpo.rl.samples import SAMPLES_FILE, SampleTable
@@ -112,6 +113,8 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
         rollout_func=rollout,
         callbacks=[MetricsCallback(run_dir), samples, CompleteMarker()],
     )
+    if config.load_in_4bit:
+        adapters_to_fp32(trainer.model)  # TRL made them bf16 for the 4-bit model; the optimizer is not built yet
     engine = None
     if backend == "vllm":
         from oss_grpo.rl.vllm_generator import VllmGenerator
