@@ -50,16 +50,20 @@ def merged_weight(layer: LoraLayer) -> torch.Tensor:
 
 
 def adapted_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Checkpoint name -> tensor for every layer LoRA changes: merged weights, their biases, fused q/k/v siblings."""
+    """Checkpoint name -> tensor for every layer LoRA changes: merged weights, their biases, fused q/k/v siblings.
+    NF4 linears count as changed, with or without LoRA: a released checkpoint gives vLLM their unrounded weights."""
     base = _unwrap(model)
-    modules = set()
+    changed = list(nf4_linears(base))
     for name, module in base.named_modules():
         if isinstance(module, Mxfp4ExpertsLora):
             raise ConfigError(f"lora_target_modules names the MXFP4 experts ({name}): the vLLM generator cannot "
                               "sync them (vLLM's fused MoE has no LoRA); use generator: transformers")
         if isinstance(module, LoraLayer):
-            parent, _, leaf = name.rpartition(".")
-            modules.update(f"{parent}.{p}" for p in FUSED) if leaf in FUSED else modules.add(name)
+            changed.append(name)
+    modules = set()
+    for name in changed:
+        parent, _, leaf = name.rpartition(".")
+        modules.update(f"{parent}.{p}" for p in FUSED) if leaf in FUSED else modules.add(name)
     tensors = {}
     for name in sorted(modules):
         module = base.get_submodule(name)
@@ -130,4 +134,6 @@ def attach(trainer: Any, generator: "VllmGenerator", constrained: bool) -> None:
     trainer.use_vllm = True
     trainer.vllm_importance_sampling_correction = trainer.vllm_importance_sampling_correction and not constrained
     trainer.vllm_generation = WeightSync(trainer, generator)
-    trainer._last_loaded_step = trainer.state.global_step  # the engine was loaded from the current weights
+    # The engine starts with the current weights (loaded from them, or from the released checkpoint, which equals the
+    # policy while its adapters are zero), except for NF4 layers: those are sent before the first rollout.
+    trainer._last_loaded_step = -1 if nf4_linears(trainer.model) else trainer.state.global_step

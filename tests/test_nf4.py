@@ -44,10 +44,10 @@ weight is off by 9% RMS (of the weights' RMS), and the tiny random model's logit
 between the two next-token distributions is 0.0013 nats."""
 
 
-def lora(policy: nn.Module) -> nn.Module:
-    """`policy` with LoRA r4 on the attention projections, B not zero (so the merge and the delta matter)."""
+def lora(policy: nn.Module, targets: tuple[str, ...] = PROJECTIONS) -> nn.Module:
+    """`policy` with LoRA r4 on `targets`, B not zero (so the merge and the delta matter)."""
     torch.manual_seed(1)
-    return get_peft_model(policy, LoraConfig(r=4, lora_alpha=8, target_modules=list(PROJECTIONS),
+    return get_peft_model(policy, LoraConfig(r=4, lora_alpha=8, target_modules=list(targets),
                                              init_lora_weights=False))
 
 
@@ -120,15 +120,19 @@ def test_the_reference_policy_is_the_nf4_model_with_adapters_off() -> None:
 
 def test_weight_sync_tensors_are_a_dense_checkpoint_of_the_policy() -> None:
     """What vLLM loads and is synced with: exactly the tensors of transformers' dense gpt-oss, which then computes
-    the NF4 + LoRA policy (dequantised weight + delta, no packed codes or block scales left)."""
-    policy = lora(load_policy(NF4)).eval()
+    the NF4 + LoRA policy (dequantised weight + delta, no packed codes or block scales left). Each sync sends every
+    NF4 projection, LoRA or not: an engine loaded from a released checkpoint holds them unrounded."""
+    policy = lora(load_policy(NF4), targets=("q_proj",)).eval()
     tensors = checkpoint_tensors(policy)
     dense = GptOssForCausalLM(tiny_config(head_dim=32)).eval()
     dense.load_state_dict(tensors, strict=True)
     with torch.no_grad():
         expected, logits = policy(IDS).logits, dense(IDS).logits
     assert (logits - expected).abs().max() <= 1e-5 * expected.abs().max()
-    for name, tensor in adapted_tensors(policy).items():  # the per-step sync sends the same merged weights
+    synced = adapted_tensors(policy)
+    assert synced.keys() == {f"model.layers.{i}.self_attn.{p}.{kind}" for i in range(2) for p in PROJECTIONS
+                             for kind in ("weight", "bias")}
+    for name, tensor in synced.items():
         assert torch.equal(tensor, tensors[name]), name
 
 
