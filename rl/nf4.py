@@ -5,12 +5,14 @@
    the log-probs of the GRPO ratio from `lm_head.weight` directly (its fused LM head), which a packed 4-bit weight is
    not, and the head's error would land straight in those log-probs. Not the embeddings (a lookup, not a matmul).
 2. Format: NF4 in blocks of 64 with double quantisation (each block's absmax stored 8-bit, one fp32 per 256
-   blocks): 4.127 bits a weight (rl/memory.py counts them). The matmul dequantises to the model's dtype (bf16 on GPUs, float32
-   on CPUs) and the bias stays in that dtype.
+   blocks): 4.127 bits a weight (rl/memory.py counts them). The matmul dequantises to the model's dtype (bf16 on
+   GPUs, float32 on CPUs) and the bias stays in that dtype.
 3. LoRA on these layers is PEFT's bitsandbytes layer: PEFT (and TRL) pick it because `model.is_loaded_in_4bit`
    is set, the flag transformers' own bitsandbytes loader sets.
 4. Whoever needs the dense weight (weight sync to vLLM, the merged export) calls `dense_weight`: NF4 dequantised to
-   the dtype it was quantised from; PEFT's own merge would re-quantise W + BA into NF4, which we never do.
+   the dtype it was quantised from; PEFT's own merge would re-quantise W + BA into NF4, which we never do. vLLM is
+   sent every NF4 layer, LoRA or not (rl/weight_sync.py), since its copy may come from the unrounded checkpoint.
+5. The LoRA factors stay float32 (`adapters_to_fp32`), where TRL would make them bf16.
 
 bitsandbytes is imported only when a model is quantised or a weight dequantised.
 """
@@ -23,6 +25,7 @@ from torch import nn
 from transformers import GptOssForCausalLM
 
 from oss_grpo.rl.errors import ConfigError
+
 
 def require_bitsandbytes() -> None:
     """Fail before any weight is loaded when bitsandbytes is missing (it is the `gpu` extra, not a dependency)."""
