@@ -5,7 +5,8 @@
 are dequantised expert by expert, W_e + scaling B_e A_e, and stored [E, in, out] as transformers' `GptOssExperts`
 keeps them. The expert LoRA cannot be merged in place: the experts are MXFP4 and a merge would re-quantise them
 (Mxfp4ExpertsLora.merge refuses), which is why a silent PEFT `merge_and_unload` would drop it; here it never is.
-One shard per decoder layer, so the extra memory is one layer's dequantised experts.
+One shard per decoder layer, so the extra memory is one layer's dequantised experts. NF4 attention projections
+(`load_in_4bit`) are dequantised and their LoRA added in their dtype, never re-quantised as PEFT's merge would.
 
 --adapter writes the PEFT adapter alone (attention and expert factors). Loading expert factors needs oss_grpo's
 expert LoRA layer (`load_trained_policy` registers it).
@@ -17,14 +18,18 @@ from pathlib import Path
 
 import torch
 from peft import PeftModel
+from peft.tuners.lora import LoraLayer
 from safetensors.torch import save_file
+from torch import nn
 
 from oss_grpo.kernels.mxfp4 import dequantize
 from oss_grpo.rl.config import load_config
 from oss_grpo.rl.errors import CheckpointError
 from oss_grpo.rl.moe import PROJECTIONS, Mxfp4Experts
 from oss_grpo.rl.moe_lora import Mxfp4ExpertsLora
+from oss_grpo.rl.nf4 import dense_weight, nf4_linears
 from oss_grpo.rl.policy import load_policy_with_adapter
+from oss_grpo.rl.weight_sync import merged_weight
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
@@ -68,9 +73,23 @@ def _unwrap_expert_lora(model: PeftModel) -> dict[int, Mxfp4ExpertsLora]:
     return found
 
 
+def _merge_nf4_linears(model: PeftModel) -> None:
+    """Put in place of each NF4 linear (with its LoRA layer, if any) a dense nn.Linear of W + the adapters' delta."""
+    for name in nf4_linears(model):
+        module = model.get_submodule(name)
+        linear = module.get_base_layer() if isinstance(module, LoraLayer) else module
+        dense = nn.Linear(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
+        dense.weight = nn.Parameter(merged_weight(module) if isinstance(module, LoraLayer) else dense_weight(linear),
+                                    requires_grad=False)
+        dense.bias = linear.bias
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, dense)
+
+
 def export_merged(model: PeftModel, out: Path, dtype: torch.dtype = torch.bfloat16) -> None:
     """Write `model` (consumed: its weights are merged in place) as a bf16/float32 Hugging Face checkpoint."""
     expert_lora = _unwrap_expert_lora(model)
+    _merge_nf4_linears(model)
     base = model.merge_and_unload()  # attention (and any other nn.Linear) LoRA merged by PEFT
     out.mkdir(parents=True, exist_ok=True)
     state = {name: t for name, t in base.state_dict().items() if not name.endswith(("_blocks", "_scales"))}

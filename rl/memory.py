@@ -3,7 +3,8 @@
 An estimate from the model's dimensions and the config, split the way memory is actually spent:
 
 - weights: MoE experts at 4.25 bits per weight when kept in MXFP4 (4-bit e2m1 codes plus one 8-bit e8m0 scale per
-  32 weights), everything else (embeddings, LM head, attention, router, biases, norms) in the config's dtype;
+  32 weights), the attention projections' weight matrices at 4.127 bits with `load_in_4bit` (NF4, rl/nf4.py),
+  everything else (embeddings, LM head, attention biases, router, norms) in the config's dtype;
 - KV cache of sampling: the whole batch (prompts_per_step * group_size sequences) of prompt + completion tokens;
   sliding-attention layers keep at most `sliding_window` positions. With the vLLM generator this line is instead
   vLLM's engine, which holds its own copy of the weights and its KV cache in `vllm_memory_utilization` of the GPU;
@@ -30,6 +31,9 @@ from oss_grpo.rl.errors import ConfigError
 
 GIB = 2**30
 MXFP4_BITS = 4.25
+NF4_BITS = 4 + 8 / 64 + 32 / (64 * 256)
+"""bitsandbytes NF4 with double quantisation (rl/nf4.py): the 4-bit code, each 64-weight block's absmax in 8 bits,
+one fp32 scale per 256 blocks."""
 ADAPTER_BYTES = 16  # fp32 weight + fp32 gradient + AdamW exp_avg + exp_avg_sq
 LOGPROB_TILE = (4096, 32_768)  # tokens x vocabulary columns per fp32 tile of TRL 1.16's chunked LM-head log-prob
 CUDA_OVERHEAD = 1.0 * GIB
@@ -98,6 +102,8 @@ class ParamCounts:
     """Expert matrices (gate_up and down projections of every expert of every layer)."""
     dense: int
     """Everything else: embeddings, LM head, attention, router, expert biases, norms, sinks."""
+    attention: int
+    """The part of `dense` that `load_in_4bit` stores in NF4: the q, k, v and o weight matrices (not their biases)."""
 
     @property
     def total(self) -> int:
@@ -108,9 +114,11 @@ def param_counts(s: ModelShape) -> ParamCounts:
     h, i, e, q, kv = s.hidden_size, s.intermediate_size, s.num_local_experts, s.num_attention_heads * s.head_dim, \
         s.num_key_value_heads * s.head_dim
     experts = s.num_hidden_layers * e * (h * 2 * i + i * h)
-    attention = (h * q + q) + 2 * (h * kv + kv) + (q * h + h) + s.num_attention_heads  # q, k, v, o (+ biases), sinks
+    matrices = h * q + 2 * h * kv + q * h  # q, k, v, o
+    attention = matrices + q + 2 * kv + h + s.num_attention_heads  # + their biases, sinks
     per_layer = attention + (h * e + e) + e * (2 * i + h) + 2 * h  # router, expert biases, two RMSNorms
-    return ParamCounts(experts, 2 * s.vocab_size * h + s.num_hidden_layers * per_layer + h)
+    return ParamCounts(experts, 2 * s.vocab_size * h + s.num_hidden_layers * per_layer + h,
+                       s.num_hidden_layers * matrices)
 
 
 def lora_params(s: ModelShape, targets: list[str], r: int) -> tuple[int, list[str]]:
@@ -149,7 +157,8 @@ def estimate_memory(config: TrainConfig, shape: ModelShape, prompt_tokens: int,
     s, dense_bytes = shape, 4 if config.dtype == "float32" else 2
     params = param_counts(s)
     expert_bytes = params.experts * (MXFP4_BITS / 8 if config.mxfp4_experts else dense_bytes)
-    weights = expert_bytes + params.dense * dense_bytes
+    nf4 = params.attention if config.load_in_4bit else 0
+    weights = expert_bytes + (params.dense - nf4) * dense_bytes + nf4 * NF4_BITS / 8
 
     seq = prompt_tokens + config.max_completion_tokens
     batch = config.prompts_per_step * config.group_size
@@ -193,7 +202,7 @@ def memory_report(estimate: MemoryEstimate, budget_bytes: float | None) -> tuple
     lines.append(f"  GPU budget {budget_bytes / GIB:.2f} GiB, needed with CUDA context {needed / GIB:.2f} GiB")
     if not fits:
         lines.append("WARNING: this run will likely not fit: lower micro_batch_size, group_size, prompts_per_step "
-                     "or max_completion_tokens, turn on gradient_checkpointing and mxfp4_experts "
+                     "or max_completion_tokens, turn on gradient_checkpointing, mxfp4_experts and load_in_4bit "
                      "(docs/TROUBLESHOOTING.md, out of memory)")
     return "\n".join(lines), fits
 

@@ -3,7 +3,8 @@
 The reference policy for the KL term is this same model with its adapters disabled (TRL does that for PEFT
 models), so no second copy of the weights is ever held. A released gpt-oss checkpoint (experts stored MXFP4) loads
 through rl/gpt_oss_loader.py with the experts kept MXFP4; a bf16 checkpoint loads through transformers and its
-experts are quantised once (rl/moe.py).
+experts are quantised once (rl/moe.py). With `load_in_4bit` the attention projections are then stored in NF4
+(rl/nf4.py), whichever way the model was built.
 """
 
 from pathlib import Path
@@ -17,6 +18,7 @@ from oss_grpo.rl.errors import CheckpointError, ConfigError
 from oss_grpo.rl.gpt_oss_loader import is_mxfp4_checkpoint, load_mxfp4_gpt_oss
 from oss_grpo.rl.moe import swap_experts
 from oss_grpo.rl.moe_lora import with_expert_lora
+from oss_grpo.rl.nf4 import quantize_linears, require_bitsandbytes
 from oss_grpo.rl.tiny_model import build_tiny_model
 
 
@@ -30,6 +32,15 @@ def checkpoint_folder(model: str) -> Path:
 
 
 def load_policy(config: TrainConfig) -> PreTrainedModel:
+    """The base policy of `config`: MXFP4 experts if asked, NF4 attention if asked, no adapters yet."""
+    if config.load_in_4bit:
+        require_bitsandbytes()
+    model = _base_model(config)
+    return quantize_linears(model) if config.load_in_4bit else model
+
+
+def _base_model(config: TrainConfig) -> PreTrainedModel:
+    """The tiny model, a released (MXFP4) checkpoint or a bf16 one, everything but the experts in `config.dtype`."""
     dtype = getattr(torch, config.dtype)
     if config.model == "tiny":
         model = build_tiny_model(seed=config.seed, dtype=dtype, hidden_size=config.tiny_hidden_size,

@@ -23,6 +23,7 @@ from oss_grpo.rl.errors import ConfigError, GeneratorError
 from oss_grpo.rl.harmony import harmony_tokenizer
 from oss_grpo.rl.memory import announce
 from oss_grpo.rl.metrics import METRICS_FILE, MetricsCallback, RewardBar, plot_curves, truncate_metrics
+from oss_grpo.rl.nf4 import adapters_to_fp32
 from oss_grpo.rl.policy import load_policy, lora_config
 from oss_grpo.rl.rollout import Rollout
 from oss_grpo.rl.samples import SAMPLES_FILE, SampleTable
@@ -115,6 +116,8 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     )
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(RewardBar())
+    if config.load_in_4bit:
+        adapters_to_fp32(trainer.model)  # TRL made them bf16 for the 4-bit model; the optimizer is not built yet
     engine = None
     if backend == "vllm":
         from oss_grpo.rl.vllm_generator import VllmGenerator

@@ -2,6 +2,7 @@
 
 The policy is frozen weights plus LoRA adapters, so after an optimizer step only the adapted modules differ. We send
 their merged weights, W + scaling * B A, under Hugging Face checkpoint names (vLLM's loader maps and fuses them);
+NF4 weights (`load_in_4bit`, rl/nf4.py) are dequantised first, as vLLM holds its own dense copy;
 embeddings, norms, router and the MXFP4 experts are never sent again. Two rules come from vLLM's in-place reload,
 which rebuilds a layer whole from what it receives: a layer's bias goes along with its weight, and q/k/v go together
 because vLLM fuses them into one `qkv_proj`.
@@ -24,6 +25,7 @@ from oss_grpo.kernels.mxfp4 import dequantize
 from oss_grpo.rl.errors import ConfigError
 from oss_grpo.rl.moe import PROJECTIONS, Mxfp4Experts
 from oss_grpo.rl.moe_lora import Mxfp4ExpertsLora
+from oss_grpo.rl.nf4 import dense_weight, nf4_linears
 
 if TYPE_CHECKING:  # vLLM is imported by rl/vllm_generator.py only, and only when that backend is used
     from oss_grpo.rl.vllm_generator import VllmGenerator
@@ -38,8 +40,9 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 def merged_weight(layer: LoraLayer) -> torch.Tensor:
-    """W + the delta of each active adapter, in W's dtype (the merge PEFT would do, without touching the layer)."""
-    weight = layer.get_base_layer().weight.detach()
+    """W + the delta of each active adapter, in W's dtype (the merge PEFT would do, without touching the layer; an NF4
+    W is dequantised, where PEFT would re-quantise the sum)."""
+    weight = dense_weight(layer.get_base_layer())
     for name in layer.active_adapters:
         if name in layer.lora_A:
             weight = weight + layer.get_delta_weight(name).to(weight.dtype)
@@ -47,34 +50,43 @@ def merged_weight(layer: LoraLayer) -> torch.Tensor:
 
 
 def adapted_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Checkpoint name -> tensor for every layer LoRA changes: merged weights, their biases, fused q/k/v siblings."""
+    """Checkpoint name -> tensor for every layer LoRA changes: merged weights, their biases, fused q/k/v siblings.
+    NF4 linears count as changed, with or without LoRA: a released checkpoint gives vLLM their unrounded weights."""
     base = _unwrap(model)
-    modules = set()
+    changed = list(nf4_linears(base))
     for name, module in base.named_modules():
         if isinstance(module, Mxfp4ExpertsLora):
             raise ConfigError(f"lora_target_modules names the MXFP4 experts ({name}): the vLLM generator cannot "
                               "sync them (vLLM's fused MoE has no LoRA); use generator: transformers")
         if isinstance(module, LoraLayer):
-            parent, _, leaf = name.rpartition(".")
-            modules.update(f"{parent}.{p}" for p in FUSED) if leaf in FUSED else modules.add(name)
+            changed.append(name)
+    modules = set()
+    for name in changed:
+        parent, _, leaf = name.rpartition(".")
+        modules.update(f"{parent}.{p}" for p in FUSED) if leaf in FUSED else modules.add(name)
     tensors = {}
     for name in sorted(modules):
         module = base.get_submodule(name)
         linear = module.get_base_layer() if isinstance(module, LoraLayer) else module
-        tensors[f"{name}.weight"] = merged_weight(module) if isinstance(module, LoraLayer) else linear.weight.detach()
+        tensors[f"{name}.weight"] = merged_weight(module) if isinstance(module, LoraLayer) else dense_weight(linear)
         if linear.bias is not None:
             tensors[f"{name}.bias"] = linear.bias.detach()
     return tensors
 
 
 def checkpoint_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The whole policy as a dense Hugging Face checkpoint: MXFP4 experts dequantised, adapters merged."""
+    """The whole policy as a dense Hugging Face checkpoint: MXFP4 experts and NF4 linears dequantised, adapters
+    merged."""
     base = _unwrap(model)
     tensors = {}
     for name, tensor in base.state_dict().items():
         if "lora_" in name:
             continue
         tensors[name.replace(".base_layer.", ".")] = tensor.detach()
+    for name, linear in nf4_linears(base).items():  # packed codes and block scales -> the weight they encode
+        for key in [k for k in tensors if k.startswith(f"{name}.weight.")]:
+            del tensors[key]
+        tensors[f"{name}.weight"] = dense_weight(linear)
     for name, module in base.named_modules():
         if isinstance(module, Mxfp4Experts):
             name = name.removesuffix(".base_layer")
@@ -122,4 +134,6 @@ def attach(trainer: Any, generator: "VllmGenerator", constrained: bool) -> None:
     trainer.use_vllm = True
     trainer.vllm_importance_sampling_correction = trainer.vllm_importance_sampling_correction and not constrained
     trainer.vllm_generation = WeightSync(trainer, generator)
-    trainer._last_loaded_step = trainer.state.global_step  # the engine was loaded from the current weights
+    # The engine starts with the current weights (loaded from them, or from the released checkpoint, which equals the
+    # policy while its adapters are zero), except for NF4 layers: those are sent before the first rollout.
+    trainer._last_loaded_step = -1 if nf4_linears(trainer.model) else trainer.state.global_step

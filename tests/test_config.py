@@ -1,12 +1,14 @@
 """Config validation: every bad input names its key and reason; every option is documented; shipped configs load."""
 
 import dataclasses
+import sys
 from pathlib import Path
 
 import pytest
 
 from oss_grpo.rl.config import TrainConfig, field_docs, load_config
 from oss_grpo.rl.errors import ConfigError
+from oss_grpo.rl.policy import load_policy
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
 
@@ -80,3 +82,9 @@ def test_config_docs_are_generated_from_the_dataclass(repo: Path) -> None:
 
     assert (repo / "docs" / "CONFIG.md").read_text() == config_markdown(), \
         "docs/CONFIG.md is stale: run python -m oss_grpo.rl.config > docs/CONFIG.md"
+
+
+def test_nf4_without_bitsandbytes_is_a_config_error_before_any_weight_is_built(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # what importlib sees when it is not installed
+    with pytest.raises(ConfigError, match=r"load_in_4bit=true: .* needs bitsandbytes \(pip install"):
+        load_policy(TrainConfig(load_in_4bit=True))

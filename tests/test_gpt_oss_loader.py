@@ -112,6 +112,20 @@ def test_policy_loads_a_checkpoint_folder(checkpoint) -> None:
     assert torch.equal(ours.down_proj_blocks, theirs.down_proj_blocks)
 
 
+def test_nf4_policy_from_a_checkpoint_quantises_attention_only(checkpoint) -> None:
+    """load_in_4bit on the released-layout path: attention in NF4, experts as stored, within NF4's error."""
+    bnb = pytest.importorskip("bitsandbytes", reason="NF4 needs bitsandbytes (the gpu extra; CI has it)")
+    folder, source = checkpoint
+    model = load_policy(TrainConfig(model=str(folder), load_in_4bit=True, device="cpu"))
+    layer = model.model.layers[1]
+    assert all(isinstance(getattr(layer.self_attn, p), bnb.nn.Linear4bit) for p in ("q_proj", "k_proj", "v_proj",
+                                                                                       "o_proj"))
+    assert torch.equal(layer.mlp.experts.down_proj_blocks, source.model.layers[1].mlp.experts.down_proj_blocks)
+    with torch.no_grad():
+        logits, expected = model(IDS).logits, load_mxfp4_gpt_oss(folder, torch.float32)(IDS).logits
+    assert 0 < (logits - expected).pow(2).mean() < 0.2**2 * expected.pow(2).mean()  # as tests/test_nf4.py bounds it
+
+
 def test_missing_and_unexpected_tensors_are_named(checkpoint, tmp_path) -> None:
     folder, source = checkpoint
     broken = swap_experts(build_tiny_model(seed=0, dtype=torch.bfloat16, **SHAPE))

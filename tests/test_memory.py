@@ -9,7 +9,7 @@ import pytest
 
 from oss_grpo.rl.config import load_config
 from oss_grpo.rl.errors import ConfigError
-from oss_grpo.rl.memory import (GIB, RELEASED, estimate_memory, memory_report, model_shape, param_counts,
+from oss_grpo.rl.memory import (GIB, NF4_BITS, RELEASED, estimate_memory, memory_report, model_shape, param_counts,
                                 shape_from_config)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -23,22 +23,26 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 EXPERTS_20B, DENSE_20B = 19_110_297_600, 1_804_459_584
 # gpt-oss-120b: 36 layers of 128 experts = 114,661,785,600; a layer's router 368,768 and expert biases 1,105,920
 EXPERTS_120B, DENSE_120B = 114_661_785_600, 1_158_266_880 + 36 * (26_550_144 + 368_768 + 1_105_920 + 5_760) + 2880
+# The NF4 part (load_in_4bit) of a layer's attention: the four weight matrices without biases and sinks,
+#   26,550,144 - 4096 - 2 * 512 - 2880 - 64 = 26,542,080
+ATTENTION_LAYER = 26_542_080
 
 
 def test_released_shapes_give_the_model_cards_parameter_counts() -> None:
     small, large = param_counts(RELEASED["openai/gpt-oss-20b"]), param_counts(RELEASED["openai/gpt-oss-120b"])
-    assert (small.experts, small.dense) == (EXPERTS_20B, DENSE_20B)
-    assert (large.experts, large.dense) == (EXPERTS_120B, DENSE_120B)
+    assert (small.experts, small.dense, small.attention) == (EXPERTS_20B, DENSE_20B, 24 * ATTENTION_LAYER)
+    assert (large.experts, large.dense, large.attention) == (EXPERTS_120B, DENSE_120B, 36 * ATTENTION_LAYER)
     assert round(small.total / 1e9, 1) == 20.9 and round(large.total / 1e9, 1) == 116.8
 
 
 @pytest.mark.parametrize("name, experts, dense", [("2048", EXPERTS_20B, DENSE_20B),
                                                   ("2048-120b", EXPERTS_120B, DENSE_120B)])
 def test_weights_kv_and_adapters_match_hand_arithmetic(name: str, experts: int, dense: int) -> None:
-    config = load_config(CONFIGS / f"{name}.yaml")  # bf16, MXFP4 experts, 32 completions of 1024 tokens, LoRA r16
+    config = load_config(CONFIGS / f"{name}.yaml")  # bf16, MXFP4 experts, NF4 attention, 32 x 1024 tokens, LoRA r16
     layers = RELEASED[config.model].num_hidden_layers
     est = estimate_memory(config, model_shape(config), prompt_tokens=266)
-    assert est.weights == experts * 4.25 / 8 + dense * 2
+    nf4 = layers * ATTENTION_LAYER
+    assert est.weights == experts * 4.25 / 8 + (dense - nf4) * 2 + nf4 * 4.126953125 / 8
     # KV: 32 sequences of 266 + 1024 = 1290 positions; a position costs K and V of 8 heads x 64 x 2 bytes = 2048
     # bytes per layer; half the layers are full (1290 positions), half slide over 128.
     assert est.kv_cache == 32 * 2048 * (layers // 2 * 1290 + layers // 2 * 128)
@@ -54,6 +58,19 @@ def test_activations_of_the_20b_strategy_config_match_hand_arithmetic() -> None:
     kept = 24 * tokens * 2880 * 2  # each layer's input, bf16
     tile = 2 * 2048 * 32_768 * 4  # 2 x 1024 completion tokens x 32k vocab columns, fp32, forward and backward
     assert est.activations == layer + kept + tile == 2_090_319_872
+
+
+def test_nf4_attention_saves_what_bf16_took_beyond_4_127_bits() -> None:
+    """gpt-oss-20b: 637M attention weights go from 16 to 4.127 bits (NF4 codes, 8-bit block absmax per 64, an fp32
+    per 256 blocks): 945 MB less (0.88 GiB), 12.82 -> 11.94 GiB of weights; nothing else changes."""
+    config = load_config(CONFIGS / "2048.yaml")
+    shape = model_shape(config)
+    nf4 = estimate_memory(config, shape, 266)
+    bf16 = estimate_memory(dataclasses.replace(config, load_in_4bit=False), shape, 266)
+    assert NF4_BITS == 4.126953125
+    assert bf16.weights - nf4.weights == 24 * ATTENTION_LAYER * (2 - NF4_BITS / 8) == 945_406_080
+    assert round(bf16.weights / GIB, 2) == 12.82 and round(nf4.weights / GIB, 2) == 11.94
+    assert bf16.total - nf4.total == bf16.weights - nf4.weights
 
 
 def test_smaller_micro_batch_and_checkpointing_lower_activations() -> None:

@@ -29,6 +29,18 @@ def test_each_step_syncs_and_trl_sees_the_samplers_logprobs(tmp_path: Path, monk
     assert all(r["sampler_logp_diff_max"] < 1e-3 for r in rows), rows
 
 
+def test_nf4_attention_reaches_vllm_dequantised_before_the_first_rollout(tmp_path: Path, monkeypatch) -> None:
+    """load_in_4bit: the engine gets the NF4 projections (dequantised, LoRA merged) before step 1's rollout, and the
+    sampler's logprobs agree with the NF4 trainer's as tightly as without NF4."""
+    pytest.importorskip("bitsandbytes", reason="NF4 needs bitsandbytes (the gpu extra; CI has it)")
+    monkeypatch.setenv("TRL_EXPERIMENTAL_SILENCE", "1")
+    config = load_config(REPO / "configs/2048-tiny.yaml", [*TINY, "constrain_to_actions=false", "load_in_4bit=true",
+                                                          "max_steps=2", "save_steps=2", f"output_dir={tmp_path}"])
+    rows = read_metrics(train(config))
+    assert [r["step"] for r in rows] == [1, 2] and all(r["sync_seconds"] > 0 for r in rows), rows
+    assert all(r["sampler_logp_diff_max"] < 1e-3 for r in rows), rows
+
+
 def test_a_failed_rollout_stops_the_run_with_a_checkpoint(tmp_path: Path, monkeypatch) -> None:
     """An engine too short for the prompts (a real vLLM rejection, not a mock): a GeneratorError naming the saved
     checkpoint, and that checkpoint is complete, so --resume can continue after the cause is fixed."""
