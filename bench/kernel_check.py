@@ -3,9 +3,12 @@
     PYTHONPATH=.shim python bench/kernel_check.py [--samples 5]
 
 Rows (taking turns, medians over `--samples`): `sandbox.run` of a trivial function that imports torch (the floor
-any torch kernel check pays: a jailed child that loads torch); `check_kernel` on the correct PyTorch softmax and on
-the correct Triton softmax (tests/kernelgen_solutions/), which adds Triton and its interpreter's start-up, 4 trials
-and the parent's verdicts. Prints a markdown table.
+any torch kernel check pays: a jailed child that loads torch); `check_kernel` on the correct PyTorch softmax
+(tests/kernelgen_solutions/) correctness only (`timing=False`: 4 trials and the parent's verdicts, the baseline of
+the speed-up path) and with the speed-up (`timing=True`, the default: 3 warm-up and 9 timed rounds of reference and
+kernel on the 64x1024 timing case, output and tamper checks each round); the same for a correct but slow Python
+row loop; and the correct Triton softmax, which adds Triton's interpreter and is never timed on a CPU. Prints a
+markdown table.
 """
 
 import argparse
@@ -15,23 +18,38 @@ from pathlib import Path
 
 from oss_grpo.envs.kernelgen import KERNEL_TASKS
 from oss_grpo.rewards import sandbox
-from oss_grpo.rewards.kernel_check import check_kernel
+from oss_grpo.rewards.kernel_check import KernelVerdict, check_kernel
 
 SOLUTIONS = Path(__file__).resolve().parents[1] / "tests" / "kernelgen_solutions"
 BARE = "import torch\n\ndef f():\n    return 1\n"
+ROW_LOOP = ("import torch\n\ndef softmax(x, out):\n    for i in range(x.shape[0]):\n        row = x[i].float()\n"
+            "        e = torch.exp(row - row.max())\n        out[i] = e / e.sum()\n")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--samples", type=int, default=5)
     args = parser.parse_args()
+    softmax_torch = (SOLUTIONS / "softmax_torch.py").read_text()
+
+    speedups: dict[str, list[float]] = {"PyTorch softmax": [], "row-loop softmax": []}
+
+    def check(source: str, timing: bool = True) -> KernelVerdict:
+        verdict = check_kernel(KERNEL_TASKS["softmax"], source, timing=timing)
+        if verdict.speedup is not None:
+            speedups["row-loop softmax" if source == ROW_LOOP else "PyTorch softmax"].append(verdict.speedup)
+        return verdict
+
     rows = {
         "sandbox.run, import torch, trivial function (baseline)":
             lambda: sandbox.run(BARE, "f", allowed_imports={"torch"}, timeout_s=60, memory_mb=2048).ok,
-        "check_kernel, PyTorch softmax": lambda: check_kernel(
-            KERNEL_TASKS["softmax"], (SOLUTIONS / "softmax_torch.py").read_text()).correct == 1.0,
-        "check_kernel, Triton softmax (TRITON_INTERPRET=1)": lambda: check_kernel(
-            KERNEL_TASKS["softmax"], (SOLUTIONS / "softmax_triton.py").read_text()).correct == 1.0,
+        "check_kernel, PyTorch softmax, correctness only (baseline)":
+            lambda: check(softmax_torch, timing=False).correct == 1.0,
+        "check_kernel, PyTorch softmax, with the speed-up": lambda: check(softmax_torch).speedup is not None,
+        "check_kernel, row-loop softmax, correctness only": lambda: check(ROW_LOOP, timing=False).correct == 1.0,
+        "check_kernel, row-loop softmax, with the speed-up": lambda: check(ROW_LOOP).speedup is not None,
+        "check_kernel, Triton softmax (TRITON_INTERPRET=1, not timed)":
+            lambda: check((SOLUTIONS / "softmax_triton.py").read_text()).correct == 1.0,
     }
     times: dict[str, list[float]] = {name: [] for name in rows}
     for fn in rows.values():  # warm-up: page cache, first-import costs
@@ -44,6 +62,9 @@ def main() -> None:
     print("| what | median s per sample | min | max |\n|---|---|---|---|")
     for name, ts in times.items():
         print(f"| {name} | {statistics.median(ts):.2f} | {min(ts):.2f} | {max(ts):.2f} |")
+    print("\n| kernel | median speed-up over torch.softmax | min | max |\n|---|---|---|---|")
+    for name, values in speedups.items():
+        print(f"| {name} | {statistics.median(values):.3f} | {min(values):.3f} | {max(values):.3f} |")
 
 
 if __name__ == "__main__":
