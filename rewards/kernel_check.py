@@ -17,8 +17,9 @@ output checked against the reference's every round. Code seen replacing the cloc
 fails the sample ("tampered"); a timed round that disagrees with the reference zeroes `correct`. A speed-up is kept
 only for a fully correct kernel. On a CPU, PyTorch kernels are timed for real; Triton kernels run in Triton's
 interpreter (`TRITON_INTERPRET=1`), whose speed says nothing about the kernel, so they are not timed (`speedup`
-None, `speedup_note` says why). `device="cuda"` runs the check in the sandbox's GPU profile (sandbox.py), on
-compiled Triton and CUDA events: written for the GPU machine, never run on one yet.
+None, `speedup_note` says why). `device="cuda"` runs the check in the sandbox's GPU profile (sandbox.py), inputs
+on the GPU and CUDA events for the clock: written without a GPU and never run on one; Triton kernels cannot compile
+in that jail yet (Triton execs `ptxas`, which seccomp denies), so there only PyTorch kernels would score.
 """
 
 import dataclasses
