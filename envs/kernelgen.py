@@ -198,12 +198,14 @@ def prompt(task: KernelTask) -> str:
     """The user message of a task: what to write, its signature, the cases it is checked on, and the rules."""
     shapes = "; ".join(", ".join(f"{s['dtype']}{s['shape']}" for s in case.inputs) for case in task.cases)
     forbidden = ", ".join(op for op in task.forbidden_ops if not op.startswith("_"))
+    timed = ", ".join(f"{s['dtype']}{s['shape']}" for s in (task.timing_case or task.cases[0]).inputs)
     return (
         f"Write `{task.name}`: {task.description}\n\n"
         f"Signature:\n    {task.signature}\n"
         "The output buffers are allocated for you and hold garbage: write every element. Do not modify the inputs, "
         "do not keep state between calls, and do not return anything.\n"
-        f"It is checked on fresh random inputs of these shapes: {shapes}.\n"
+        f"It is checked on fresh random inputs of these shapes: {shapes}. A correct function is then timed against "
+        f"PyTorch on larger inputs ({timed}): faster scores more.\n"
         "Use a Triton kernel (import triton, triton.language as tl) or PyTorch built from smaller ops; imports other "
         f"than torch, triton and math are refused{f', and so are {forbidden}' if forbidden else ''}.\n"
         "Answer with one ```python code block holding the imports, any kernels and the function."

@@ -138,12 +138,11 @@ def install_traps(names: Sequence[str]) -> list[Trap]:
     return traps
 
 
-def set_traps(traps: Sequence[Trap], armed: bool) -> list[str]:
-    """Arm (kernel's turn) or disarm (reference's turn) the traps, tell `WATCH` so, and return what else changed."""
+def set_traps(traps: Sequence[Trap], armed: bool) -> None:
+    """Arm (kernel's turn) or disarm (reference's turn) the traps, and tell `WATCH` so."""
     for namespace, name, original, trap in traps:
         setattr(namespace, name, trap if armed else original)
         WATCH.expected[(id(namespace), name)] = trap if armed else original
-    return WATCH.changes()
 
 
 def run_trials(kernel: Callable[..., Any], task: str, trials: Sequence[dict], timing: dict | None = None,
@@ -221,7 +220,8 @@ def _time(kernel: Callable[..., Any], task: KernelTask, timing: dict, traps: Seq
 
     buffers = tuple([poisoned(s).to(device) for s in case.outputs] for _ in range(2))
     result = time_against_reference(kernel, reference, draw(0), draw, buffers, close,
-                                    (timing["warmup"], timing["iters"]), lambda ref: set_traps(traps, not ref))
+                                    (timing["warmup"], timing["iters"]), lambda armed: set_traps(traps, armed),
+                                    WATCH.changes)
     set_traps(traps, armed=True)
     return result
 

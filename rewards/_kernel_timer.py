@@ -51,9 +51,15 @@ class Watch:
         A module appearing as an attribute is not a change: importing a submodule binds it on its package."""
         changed = []
         for label, key, live, snapshot in self._watched:
-            for name in {*live.keys(), *snapshot.keys()}:
-                want = self.expected.get((key, name), snapshot.get(name, _MISSING))
-                have = live.get(name, _MISSING)
+            expected = {name: value for (owner, name), value in self.expected.items() if owner == key}
+            for name, value in snapshot.items():
+                if live.get(name, _MISSING) is not expected.get(name, value):
+                    changed.append(f"{label}.{name}")
+            added = set(expected) - set(snapshot)
+            if len(live) != len(snapshot):  # equal sizes: an addition implies a removal, reported above
+                added |= live.keys() - snapshot.keys()
+            for name in added:
+                have, want = live.get(name, _MISSING), expected.get(name, _MISSING)
                 if have is not want and not (want is _MISSING and isinstance(have, ModuleType)):
                     changed.append(f"{label}.{name}")
         return sorted(changed)
@@ -84,7 +90,7 @@ def elapsed_seconds(fn: Kernel, tensors: Sequence[torch.Tensor], cuda: bool) -> 
 def time_against_reference(kernel: Kernel, reference: Kernel, inputs: list[torch.Tensor],
                            draw: Callable[[int], list[torch.Tensor]], outputs: tuple[list, list],
                            close: Callable[[torch.Tensor, torch.Tensor, int], bool], rounds: tuple[int, int],
-                           guard: Callable[[bool], list[str]]) -> dict:
+                           arm: Callable[[bool], None], changes: Callable[[], list[str]]) -> dict:
     """Median seconds of `reference` and `kernel` over `rounds = (warmup, iters)` rounds on the same fresh values.
 
     Args:
@@ -92,8 +98,8 @@ def time_against_reference(kernel: Kernel, reference: Kernel, inputs: list[torch
         inputs: the tensors every round refills in place with `draw(round)` (on the device that is timed).
         outputs: `(reference buffers, kernel buffers)`; the kernel's are refilled with NaN (poison) every round.
         close: `close(got, want, output index)` says whether the kernel's output matches the reference's.
-        guard: `guard(reference_turn)` disarms the traps for the reference (True) or arms them for the kernel
-            (False); the harness's arm/disarm, which returns `Watch.changes()`.
+        arm: `arm(True)` arms the harness's traps for the kernel's turn, `arm(False)` gives the reference its ops.
+        changes: `Watch.changes`, checked after every call of the kernel (only the kernel can change anything).
 
     Returns `{"reference": s, "kernel": s}`, or `{"tampered": [names]}` when the kernel replaced something the
     timing or the reference uses, or `{"error": why}` when a timed call raised or wrote a different answer.
@@ -109,17 +115,15 @@ def time_against_reference(kernel: Kernel, reference: Kernel, inputs: list[torch
             buffer.fill_(float("nan") if buffer.dtype.is_floating_point else 0xA5)  # the harness's poison
         spent = {}
         for turn in (("reference", "kernel") if i % 2 == 0 else ("kernel", "reference")):
-            changed = guard(turn == "reference")
-            if changed:
-                return {"tampered": changed}
+            arm(turn == "kernel")
             try:
                 spent[turn] = elapsed_seconds(reference if turn == "reference" else kernel,
                                               [*inputs, *(ref_out if turn == "reference" else out)], cuda)
             except Exception as e:  # the kernel's bug (the reference does not raise on its own task's inputs)
                 return {"error": f"timed call {i} raised {type(e).__name__}: {e}"[:500]}
-        changed = guard(False)
-        if changed:
-            return {"tampered": changed}
+            changed = changes() if turn == "kernel" else []
+            if changed:  # before the reference runs on what the kernel may have slowed down
+                return {"tampered": changed}
         wrong = [j for j, (got, want) in enumerate(zip(out, ref_out, strict=True)) if not close(got, want, j)]
         if wrong:
             return {"error": f"timed call {i}: output {wrong[0]} differs from the reference on the same inputs"}

@@ -187,10 +187,15 @@ def _with_speedup(verdict: KernelVerdict, timing: object) -> KernelVerdict:
     return dataclasses.replace(verdict, speedup=reference / kernel)
 
 
-@functools.lru_cache(maxsize=1024)
 def check_answer(task_name: str, answer: str | None, device: str = "cpu") -> KernelVerdict:
-    """`check_kernel` (timed) on the code of a final answer, once per (task, answer, device): the kernel rewards
-    share one run."""
+    """`check_kernel` (timed) on the code of a final answer, once per (task, answer, device): the kernel rewards and
+    `KernelGenEnv` share one run."""
+    return _check_answer(task_name, answer, device)
+
+
+@functools.lru_cache(maxsize=1024)
+def _check_answer(task_name: str, answer: str | None, device: str) -> KernelVerdict:
+    # Apart from check_answer so that a call with the default device and one naming it share the cache entry.
     task = KERNEL_TASKS[task_name]
     source = extract_code(answer, task.name)
     if source is None:

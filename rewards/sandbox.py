@@ -262,8 +262,8 @@ def run(
         # Only without a PID namespace and without seccomp can the code leave processes behind.
         sweep_uid = uid if not iso.namespaces and not iso.seccomp else None
         passed = {k: os.environ[k] for k in profile.passthrough_env if k in os.environ}
-        out = supervise(cmd, {**passed, **(env or {}), **_CHILD_ENV}, payload, workdir, start + timeout_s, output_limit_bytes,
-                        result_limit_bytes, sweep_uid)
+        out = supervise(cmd, {**passed, **(env or {}), **_CHILD_ENV}, payload, workdir, start + timeout_s,
+                        output_limit_bytes, result_limit_bytes, sweep_uid)
     return _classify(out, timeout_s, output_limit_bytes, result_limit_bytes, time.monotonic() - start)
 
 

@@ -33,7 +33,8 @@ def softmax(x, out):
         e = torch.exp(row - row.max())
         out[i] = e / e.sum()
 """
-BODY = "    h = x.float()\n    e = torch.exp(h - h.amax(-1, keepdim=True))\n    out.copy_(e / e.sum(-1, keepdim=True))\n"
+BODY = ("    h = x.float()\n    e = torch.exp(h - h.amax(-1, keepdim=True))\n"
+        "    out.copy_(e / e.sum(-1, keepdim=True))\n")
 
 
 def answer(code: str) -> SimpleNamespace:
