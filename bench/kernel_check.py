@@ -3,9 +3,13 @@
     PYTHONPATH=.shim python bench/kernel_check.py [--samples 5]
 
 Rows (taking turns, medians over `--samples`): `sandbox.run` of a trivial function that imports torch (the floor
-any torch kernel check pays: a jailed child that loads torch); `check_kernel` on the correct PyTorch softmax and on
-the correct Triton softmax (tests/kernelgen_solutions/), which adds Triton and its interpreter's start-up, 4 trials
-and the parent's verdicts. Prints a markdown table.
+any torch kernel check pays: a jailed child that loads torch); `check_kernel` on the correct PyTorch softmax
+(tests/kernelgen_solutions/) correctness only (`timing=False`: 4 trials and the parent's verdicts, the baseline of
+the speed-up path) and with the speed-up (`timing=True`, the default: 3 warm-up and 9 timed rounds of reference and
+kernel on the 64x1024 timing case, output and tamper checks each round); the same for a correct but slow Python
+row loop; and the correct Triton softmax, which adds Triton's interpreter and is never timed on a CPU. Then the
+harness alone, in this process (no sandbox, no start-up): `run_trials` without and with timing, which isolates what
+the speed-up path adds per sample from the start-up noise. Prints markdown tables.
 """
 
 import argparse
@@ -14,24 +18,39 @@ import time
 from pathlib import Path
 
 from oss_grpo.envs.kernelgen import KERNEL_TASKS
-from oss_grpo.rewards import sandbox
-from oss_grpo.rewards.kernel_check import check_kernel
+from oss_grpo.rewards import _kernel_harness, sandbox
+from oss_grpo.rewards.kernel_check import TIMING, KernelVerdict, check_kernel, plan_trials
 
 SOLUTIONS = Path(__file__).resolve().parents[1] / "tests" / "kernelgen_solutions"
 BARE = "import torch\n\ndef f():\n    return 1\n"
+ROW_LOOP = ("import torch\n\ndef softmax(x, out):\n    for i in range(x.shape[0]):\n        row = x[i].float()\n"
+            "        e = torch.exp(row - row.max())\n        out[i] = e / e.sum()\n")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--samples", type=int, default=5)
     args = parser.parse_args()
+    softmax_torch = (SOLUTIONS / "softmax_torch.py").read_text()
+
+    speedups: dict[str, list[float]] = {"PyTorch softmax": [], "row-loop softmax": []}
+
+    def check(source: str, timing: bool = True) -> KernelVerdict:
+        verdict = check_kernel(KERNEL_TASKS["softmax"], source, timing=timing)
+        if verdict.speedup is not None:
+            speedups["row-loop softmax" if source == ROW_LOOP else "PyTorch softmax"].append(verdict.speedup)
+        return verdict
+
     rows = {
         "sandbox.run, import torch, trivial function (baseline)":
             lambda: sandbox.run(BARE, "f", allowed_imports={"torch"}, timeout_s=60, memory_mb=2048).ok,
-        "check_kernel, PyTorch softmax": lambda: check_kernel(
-            KERNEL_TASKS["softmax"], (SOLUTIONS / "softmax_torch.py").read_text()).correct == 1.0,
-        "check_kernel, Triton softmax (TRITON_INTERPRET=1)": lambda: check_kernel(
-            KERNEL_TASKS["softmax"], (SOLUTIONS / "softmax_triton.py").read_text()).correct == 1.0,
+        "check_kernel, PyTorch softmax, correctness only (baseline)":
+            lambda: check(softmax_torch, timing=False).correct == 1.0,
+        "check_kernel, PyTorch softmax, with the speed-up": lambda: check(softmax_torch).speedup is not None,
+        "check_kernel, row-loop softmax, correctness only": lambda: check(ROW_LOOP, timing=False).correct == 1.0,
+        "check_kernel, row-loop softmax, with the speed-up": lambda: check(ROW_LOOP).speedup is not None,
+        "check_kernel, Triton softmax (TRITON_INTERPRET=1, not timed)":
+            lambda: check((SOLUTIONS / "softmax_triton.py").read_text()).correct == 1.0,
     }
     times: dict[str, list[float]] = {name: [] for name in rows}
     for fn in rows.values():  # warm-up: page cache, first-import costs
@@ -44,6 +63,28 @@ def main() -> None:
     print("| what | median s per sample | min | max |\n|---|---|---|---|")
     for name, ts in times.items():
         print(f"| {name} | {statistics.median(ts):.2f} | {min(ts):.2f} | {max(ts):.2f} |")
+    harness_rows(softmax_torch, args.samples)
+    print("\n| kernel | median speed-up over torch.softmax | min | max |\n|---|---|---|---|")
+    for name, values in speedups.items():
+        print(f"| {name} | {statistics.median(values):.3f} | {min(values):.3f} | {max(values):.3f} |")
+
+
+def harness_rows(softmax_torch: str, samples: int) -> None:
+    """The harness's own time per sample in this process: trials only, then trials and the speed-up rounds."""
+    trials, _ = plan_trials(KERNEL_TASKS["softmax"], seed=0)
+    print("\n| harness in-process (no sandbox) | median ms per sample | min | max |\n|---|---|---|---|")
+    for name, source in (("PyTorch softmax", softmax_torch), ("row-loop softmax", ROW_LOOP)):
+        scope: dict = {}
+        exec(source, scope)  # our own test kernels, trusted
+        for timing in (None, {**TIMING, "seed": 1}):
+            ts = []
+            for _ in range(samples + 1):
+                start = time.perf_counter()
+                _kernel_harness.run_trials(scope["softmax"], "softmax", trials, timing)
+                ts.append(1e3 * (time.perf_counter() - start))
+            ts = ts[1:]  # the first call pays one-off costs
+            what = "trials and speed-up" if timing else "trials only (baseline)"
+            print(f"| {name}, {what} | {statistics.median(ts):.1f} | {min(ts):.1f} | {max(ts):.1f} |")
 
 
 if __name__ == "__main__":

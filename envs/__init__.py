@@ -9,3 +9,4 @@ gymnasium.register(
     id="oss_grpo/Game2048Strategy-v0", entry_point="oss_grpo.envs.game2048_strategy:Game2048StrategyEnv",
     max_episode_steps=2000,
 )
+gymnasium.register(id="oss_grpo/KernelGen-v0", entry_point="oss_grpo.envs.kernelgen:KernelGenEnv")  # one step

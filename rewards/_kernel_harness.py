@@ -10,11 +10,17 @@ anything this module returns, except a right answer it did not compute.
 
 Two traps make cheating fail loudly rather than score: the torch ops the task asks to implement are replaced by a
 function that raises, and a trial that reuses the previous trial's tensor objects with new values in place catches
-kernels that key a cache on `id()` or `data_ptr()` instead of the values.
+kernels that key a cache on `id()` or `data_ptr()` instead of the values. `WATCH` remembers every attribute of
+torch, the clock and this harness at import; a kernel seen to have replaced one ends the sample as "tampered".
+
+The speed-up is the one number the parent cannot recompute, so it is measured here, after the trials, by
+`_kernel_timer` (its docstring says how the clock is kept out of the kernel's reach, and how far that goes).
 """
 
 import base64
+import math
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -24,7 +30,10 @@ import triton
 import triton.language as tl
 import triton.runtime.interpreter  # noqa: F401  (what @triton.jit loads under TRITON_INTERPRET=1)
 
-from oss_grpo.envs.kernelgen import KERNEL_TASKS
+from oss_grpo.envs import kernelgen
+from oss_grpo.envs.kernelgen import KERNEL_TASKS, KernelTask
+from oss_grpo.rewards import _kernel_timer
+from oss_grpo.rewards._kernel_timer import Watch, elapsed_seconds, time_against_reference
 
 Spec = dict[str, Any]
 """One tensor as JSON data: `shape`, `dtype` (a torch dtype name), and how to draw it: `kind` "normal" (times
@@ -53,8 +62,21 @@ def warm_up() -> None:
     _warm_up_kernel[(1,)](x, x, torch.empty(16, 16), N=16)
 
 
+def warm_up_cuda() -> None:
+    """Initialise CUDA and run every reference and the timer once on the GPU: the driver, cuBLAS and the libraries
+    the references use load from files, which the sandbox's lock-down hides (sandbox.py, GPU profile). Called at
+    import when a GPU is visible and Triton is not interpreting. Never run on a GPU yet."""
+    for task in KERNEL_TASKS.values():
+        task.reference(*[t.cuda() for t in draw_inputs(task.cases[0].inputs, 0)])
+    x = torch.ones(4, device="cuda")
+    torch.isclose(x, x).all()  # what the timer's output check runs
+    elapsed_seconds(torch.cuda.synchronize, [], cuda=True)
+
+
 if triton.knobs.runtime.interpret:
     warm_up()
+elif torch.cuda.is_available():
+    warm_up_cuda()
 
 
 def draw_inputs(specs: Sequence[Spec], seed: int) -> list[torch.Tensor]:
@@ -84,7 +106,7 @@ def poisoned(spec: Spec) -> torch.Tensor:
 
 def encode(t: torch.Tensor) -> str:
     """The tensor's raw bytes as base64 text: exact for every dtype, bfloat16 included, and JSON-compatible."""
-    return base64.b64encode(t.contiguous().view(-1).view(torch.uint8).numpy().tobytes()).decode()
+    return base64.b64encode(t.cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()).decode()
 
 
 def decode(text: str, spec: Spec) -> torch.Tensor:
@@ -103,94 +125,114 @@ def _trap(name: str) -> Callable[..., Any]:
     return forbidden
 
 
-def install_traps(names: Sequence[str]) -> None:
-    """Make the task's own framework ops raise wherever torch exposes them (function, method, functional, special)."""
-    for name in names:
-        for namespace in _TRAPPED_NAMESPACES:
-            if hasattr(namespace, name):
-                setattr(namespace, name, _trap(f"torch {name}"))
+Trap = tuple[object, str, object, Callable[..., Any]]
+"""(namespace, name, the original, the function that raises in its place)."""
 
 
-def run_trials(kernel: Callable[..., Any], task: str, trials: Sequence[dict], timing: dict | None = None) -> dict:
+def install_traps(names: Sequence[str]) -> list[Trap]:
+    """Make the task's own framework ops raise wherever torch exposes them (function, method, functional, special);
+    returns the traps so the reference can have the real ops back while it runs (`set_traps`)."""
+    traps = [(namespace, name, getattr(namespace, name), _trap(f"torch {name}"))
+             for name in names for namespace in _TRAPPED_NAMESPACES if hasattr(namespace, name)]
+    set_traps(traps, armed=True)
+    return traps
+
+
+def set_traps(traps: Sequence[Trap], armed: bool) -> None:
+    """Arm (kernel's turn) or disarm (reference's turn) the traps, and tell `WATCH` so."""
+    for namespace, name, original, trap in traps:
+        setattr(namespace, name, trap if armed else original)
+        WATCH.expected[(id(namespace), name)] = trap if armed else original
+
+
+def run_trials(kernel: Callable[..., Any], task: str, trials: Sequence[dict], timing: dict | None = None,
+               device: str = "cpu") -> dict:
     """Call `kernel(*inputs, *outputs)` once per trial and return each trial's raw outputs and inputs after the call.
 
     Each trial is `{"inputs": [base64 bytes], "input_specs": [Spec], "outputs": [Spec], "reuse": bool}`: the parent
     drew the inputs, so no verdict depends on this process's random numbers. `reuse` copies the new values into the
     previous trial's input tensors (same objects, same storage) and re-poisons its output buffers. A trial whose
     kernel raises an Exception reports `error` and the run goes on; anything else ends the sample. With `timing`
-    (`{"warmup", "iters", "seed"}`), the reference and then the kernel are timed on the first trial's shapes
-    (`median_seconds`); the reference goes first, before the traps disable the ops it may use.
+    (`{"warmup", "iters", "seed"}`), the kernel and the reference are then timed on the task's `timing_case`
+    (`_kernel_timer`). Tensors live on `device` ("cuda" in the sandbox's GPU profile).
+
+    Returns `{"trials": [...], "timing": {"reference": s, "kernel": s} | {"error": why} | None}`, or
+    `{"tampered": [names]}` as soon as the code is seen to have replaced a watched attribute (`WATCH`).
     """
     torch.set_grad_enabled(False)
-    times = None
-    if timing:
-        reference = _into_outputs(KERNEL_TASKS[task].reference, len(trials[0]["input_specs"]))
-        times = {"reference": _median_on(reference, trials[0], timing)}
-    install_traps(KERNEL_TASKS[task].forbidden_ops)
+    if device == "cpu":
+        # One thread: with several, each op ends on a barrier across threads, and on a loaded machine a descheduled
+        # thread makes a kernel of many small ops look 10-100x slower than a one-op reference (measured).
+        torch.set_num_threads(1)
+    changed = WATCH.changes()  # the code's top level ran before this call
+    if changed:
+        return {"tampered": changed}
+    spec = KERNEL_TASKS[task]
+    traps = install_traps(spec.forbidden_ops)
+    try:
+        return _run(kernel, spec, trials, timing, traps, device)
+    finally:
+        set_traps(traps, armed=False)  # torch as it was, for a caller that runs trials in its own process
+
+
+def _run(kernel: Callable[..., Any], spec: KernelTask, trials: Sequence[dict], timing: dict | None,
+         traps: Sequence[Trap], device: str) -> dict:
     results, inputs, outputs = [], [], []
     for trial in trials:
-        fresh = [decode(text, spec) for text, spec in zip(trial["inputs"], trial["input_specs"], strict=True)]
+        fresh = [decode(text, s).to(device) for text, s in zip(trial["inputs"], trial["input_specs"], strict=True)]
         if trial.get("reuse") and inputs:
             for old, new in zip(inputs, fresh, strict=True):
                 old.copy_(new)
-            for buffer, spec in zip(outputs, trial["outputs"], strict=True):
-                buffer.copy_(poisoned(spec))
+            for buffer, s in zip(outputs, trial["outputs"], strict=True):
+                buffer.copy_(poisoned(s))
         else:
-            inputs, outputs = fresh, [poisoned(spec) for spec in trial["outputs"]]
-        start = time.perf_counter()
+            inputs, outputs = fresh, [poisoned(s).to(device) for s in trial["outputs"]]
         try:
             kernel(*inputs, *outputs)
             error = None
         except Exception as e:  # the kernel's bug: this trial fails, the next one still runs
             error = f"{type(e).__name__}: {e}"[:500]
-        seconds = time.perf_counter() - start
-        results.append({"error": error, "seconds": seconds, "outputs": [encode(t) for t in outputs],
+        changed = WATCH.changes()
+        if changed:
+            return {"tampered": changed}
+        results.append({"error": error, "outputs": [encode(t) for t in outputs],
                         "inputs": [encode(t) for t in inputs]})
-    if timing:
-        times["kernel"] = _median_on(kernel, trials[0], timing)
+    times = _time(kernel, spec, timing, traps, device) if timing else None
+    if times and "tampered" in times:
+        return times
     return {"trials": results, "timing": times}
 
 
-def _into_outputs(reference: Callable[..., Sequence[torch.Tensor]], n_inputs: int) -> Callable[..., None]:
-    """The reference (inputs -> outputs) in the kernels' calling convention (inputs, then buffers to fill)."""
-    def call(*tensors: torch.Tensor) -> None:
-        for out, value in zip(tensors[n_inputs:], reference(*tensors[:n_inputs]), strict=True):
+def _time(kernel: Callable[..., Any], task: KernelTask, timing: dict, traps: Sequence[Trap], device: str) -> dict:
+    case = task.timing_case or task.cases[0]
+    n_inputs = len(case.inputs)
+
+    def reference(*tensors: torch.Tensor) -> None:  # inputs -> outputs, in the kernels' calling convention
+        for out, value in zip(tensors[n_inputs:], task.reference(*tensors[:n_inputs]), strict=True):
             out.copy_(value)
-    return call
+
+    def draw(i: int) -> list[torch.Tensor]:
+        return [t.to(device) for t in draw_inputs(case.inputs, timing["seed"] + i)]
+
+    def close(got: torch.Tensor, want: torch.Tensor, j: int) -> bool:
+        atol, rtol = task.tolerance[case.outputs[j]["dtype"]]
+        return bool(torch.isclose(got.float(), want.float(), rtol=rtol, atol=atol).all())
+
+    buffers = tuple([poisoned(s).to(device) for s in case.outputs] for _ in range(2))
+    result = time_against_reference(kernel, reference, draw(0), draw, buffers, close,
+                                    (timing["warmup"], timing["iters"]), lambda armed: set_traps(traps, armed),
+                                    WATCH.changes)
+    set_traps(traps, armed=True)
+    return result
 
 
-def _median_on(fn: Callable[..., Any], trial: dict, timing: dict) -> float:
-    inputs = draw_inputs(trial["input_specs"], timing["seed"])
-    outputs = [poisoned(spec) for spec in trial["outputs"]]
-    return median_seconds(fn, inputs, outputs, trial["input_specs"], timing["warmup"], timing["iters"],
-                          timing["seed"])
-
-
-def median_seconds(fn: Callable[..., Any], inputs: list[torch.Tensor], outputs: list[torch.Tensor],
-                   specs: Sequence[Spec], warmup: int, iters: int, seed: int) -> float:
-    """Median time of `fn(*inputs, *outputs)` with fresh values before every call, so no cache can answer.
-
-    On CUDA each call sits between two events with a device-wide synchronize before the end event: work launched on
-    a side stream is counted. On CPU a monotonic clock. Refilling the inputs happens outside the timed span.
-    """
-    cuda = inputs[0].is_cuda
-    times = []
-    for i in range(warmup + iters):
-        for t, new in zip(inputs, draw_inputs(specs, seed + i), strict=True):
-            t.copy_(new)
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            torch.cuda.synchronize()
-            start.record()
-            fn(*inputs, *outputs)
-            torch.cuda.synchronize()
-            end.record()
-            end.synchronize()
-            seconds = start.elapsed_time(end) / 1e3
-        else:
-            began = time.perf_counter()
-            fn(*inputs, *outputs)
-            seconds = time.perf_counter() - began
-        if i >= warmup:
-            times.append(seconds)
-    return statistics.median(times)
+WATCH = Watch({
+    "time": time, "math": math, "statistics": statistics, "torch": torch, "torch.Tensor": torch.Tensor,
+    "torch.nn.functional": torch.nn.functional, "torch.special": torch.special, "torch.linalg": torch.linalg,
+    "torch.cuda": torch.cuda, "torch.cuda.Event": torch.cuda.Event, "_kernel_timer": _kernel_timer,
+    "_kernel_harness": sys.modules[__name__], "kernelgen": kernelgen, "KERNEL_TASKS": KERNEL_TASKS,
+    "mxfp4": kernelgen.mxfp4, "swiglu": sys.modules[kernelgen.swiglu.__module__],  # what the references call
+})
+"""What the kernel may not replace: the clock, torch's ops (which the references use), this harness, the tasks.
+Made last, at import, before any model code exists in this process."""
+WATCH.expected[(id(sys.modules[__name__]), "WATCH")] = WATCH  # bound just after its snapshot

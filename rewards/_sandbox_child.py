@@ -31,6 +31,7 @@ import resource
 import sys
 
 _MNT_DETACH = 2
+_MS_BIND = 4096
 _PR_SET_NO_NEW_PRIVS, _PR_SET_SECCOMP, _SECCOMP_MODE_FILTER = 38, 22, 2
 _MAX_DEPTH = 100
 _JSON_ESCAPES = {i: f"\\u{i:04x}" for i in range(32)} | {ord('"'): '\\"', ord("\\"): "\\\\"}
@@ -60,6 +61,11 @@ def _new_root(payload: dict) -> None:
         _libc_call("mount", b"tmpfs", b".", b"tmpfs", 0, opts.encode())
         os.chdir(os.getcwd())  # step onto the new mount rather than the directory under it
         os.mkdir(".old_root")
+        for device in payload["devices"]:  # the GPU profile: the device nodes, at their own paths
+            target = "." + device
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            os.close(os.open(target, os.O_CREAT | os.O_WRONLY, 0o600))  # a file to mount the node over
+            _libc_call("mount", device.encode(), target.encode(), None, _MS_BIND, None)
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.syscall(_NR_PIVOT_ROOT[os.uname().machine], b".", b".old_root") != 0:
             raise OSError(ctypes.get_errno(), "pivot_root failed")
@@ -79,7 +85,7 @@ def _mapped_bytes() -> int:
 def _limit(payload: dict, mapped: int) -> None:
     """Hard rlimits; the address-space cap counts from what start-up and preloads already mapped."""
     limits = {
-        resource.RLIMIT_AS: mapped + payload["memory_mb"] * 2**20,
+        resource.RLIMIT_AS: mapped + (payload["memory_mb"] + payload["extra_address_space_mb"]) * 2**20,
         resource.RLIMIT_CPU: payload["cpu_s"],
         resource.RLIMIT_FSIZE: payload["disk_mb"] * 2**20,
         resource.RLIMIT_NOFILE: 64,

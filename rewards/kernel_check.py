@@ -10,14 +10,21 @@ trial is judged: outputs within the task's atol/rtol per dtype, inputs untouched
 task case (shapes x dtypes) on fresh seeds, then the last case again with the same tensor objects refilled in place,
 which a cache keyed on `id()`/`data_ptr()` answers wrongly. The output buffers hold NaN before every call.
 
-On a CPU the kernel runs under `TRITON_INTERPRET=1` (Triton's interpreter: right answers, no speed). `timing=True`
-adds the median time of the reference and of the kernel on the first case (`_kernel_harness.median_seconds`: warm-up,
-fresh values before each call, CUDA events with a device-wide synchronize on a GPU). The sandbox cannot reach a GPU
-yet (sandbox.py, "What is NOT covered"), so today timings are CPU timings and the rewards do not use them.
+The speed-up (`timing`, on by default) is the one number the parent cannot recompute: `_kernel_timer` measures it in
+the child after the trials, on the task's larger `timing_case`: warm-up rounds, then the median of timed rounds of
+the reference and the kernel on the same fresh inputs, on a clock bound before the code existed, with the kernel's
+output checked against the reference's every round. Code seen replacing the clock, torch's ops or the harness
+fails the sample ("tampered"); a timed round that disagrees with the reference zeroes `correct`. A speed-up is kept
+only for a fully correct kernel. On a CPU, PyTorch kernels are timed for real; Triton kernels run in Triton's
+interpreter (`TRITON_INTERPRET=1`), whose speed says nothing about the kernel, so they are not timed (`speedup`
+None, `speedup_note` says why). `device="cuda"` runs the check in the sandbox's GPU profile (sandbox.py), inputs
+on the GPU and CUDA events for the clock: written without a GPU and never run on one; Triton kernels cannot compile
+in that jail yet (Triton execs `ptxas`, which seccomp denies), so there only PyTorch kernels would score.
 """
 
 import dataclasses
 import functools
+import math
 import re
 import secrets
 
@@ -28,12 +35,18 @@ from oss_grpo.rewards import sandbox
 from oss_grpo.rewards._kernel_harness import RUNTIME_IMPORTS, decode, draw_inputs, encode
 from oss_grpo.rewards.kernel_policy import kernel_findings
 from oss_grpo.rewards.source_check import check_source
+from oss_grpo.rl.errors import SandboxError
 
 HARNESS = "oss_grpo.rewards._kernel_harness:run_trials"
 TIMEOUT_S = 90.0
 """Wall clock of one sample's sandbox call: ~3 s of torch/Triton start-up plus every trial under the interpreter."""
 MEMORY_MB = 2048
 """Address space on top of the child's start-up (torch and Triton already mapped)."""
+SPEEDUP_CLIP = 4.0
+"""`speedup_score` is log2 of the speed-up clipped to [-SPEEDUP_CLIP, SPEEDUP_CLIP]: 16x either way is the bound."""
+TIMING = {"warmup": 3, "iters": 9}
+"""Rounds of the speed-up measurement: warm-up rounds (caches, allocator, first-call costs), then timed ones."""
+INTERPRETED = "not timed: Triton kernels run in Triton's CPU interpreter here, whose speed says nothing about them"
 _FENCE = re.compile(r"```[ \t]*(?:python|py)?[ \t]*\n(.*?)```", re.DOTALL | re.IGNORECASE)
 
 
@@ -52,7 +65,17 @@ class KernelVerdict:
     seconds: float = 0.0
     """Wall time of the sandbox call."""
     speedup: float | None = None
-    """Reference time over kernel time on the first case, when timed and fully correct; else None."""
+    """Median reference time over median kernel time on the task's timing case, when timed and fully correct."""
+    speedup_note: str = ""
+    """Why `speedup` is None ("not timed: ..."); "" when there is a speed-up."""
+
+    @property
+    def speedup_score(self) -> float | None:
+        """log2 of `speedup`, clipped to [-SPEEDUP_CLIP, SPEEDUP_CLIP]: each doubling is worth the same, and past 16x
+        either way a timing glitch is likelier than a kernel. None when there is no speed-up."""
+        if self.speedup is None:
+            return None
+        return max(-SPEEDUP_CLIP, min(SPEEDUP_CLIP, math.log2(self.speedup)))
 
 
 def extract_code(answer: str | None, function: str) -> str | None:
@@ -107,48 +130,75 @@ def judge_trial(task: KernelTask, trial: dict, inputs: list[torch.Tensor], repor
     return "ok"
 
 
-def check_kernel(task: KernelTask, source: str, *, seed: int | None = None, timing: bool = False,
-                 timeout_s: float = TIMEOUT_S) -> KernelVerdict:
-    """Run every trial of `task` on `source` in one sandbox call and judge it; never raises for what the code does."""
+def check_kernel(task: KernelTask, source: str, *, seed: int | None = None, timing: bool = True,
+                 device: str = "cpu", timeout_s: float = TIMEOUT_S) -> KernelVerdict:
+    """Run every trial of `task` on `source` in one sandbox call and judge it; never raises for what the code does.
+
+    `timing` asks for the speed-up; `device` is "cpu" (Triton interpreted, the default jail) or "cuda" (the
+    sandbox's GPU profile, compiled Triton; never run on a GPU yet)."""
     report = check_source(source, ALLOWED_IMPORTS)  # the sandbox admits RUNTIME_IMPORTS too; the code may not
     findings = [report.syntax_error] if report.syntax_error else [*report.findings, *kernel_findings(source, task)]
     if findings:
-        return KernelVerdict(False, 0.0, "; ".join(findings))
+        return KernelVerdict(False, 0.0, "; ".join(findings), speedup_note="not timed: refused")
+    if device not in ("cpu", "cuda"):
+        raise SandboxError(f"device={device!r}: must be 'cpu' or 'cuda'")
+    interpreted = device == "cpu" and any(m.partition(".")[0] == "triton" for m in report.imports)
     seed = secrets.randbits(31) if seed is None else seed
     trials, inputs = plan_trials(task, seed)
-    timing_args = {"warmup": 2, "iters": 5, "seed": seed + len(trials)} if timing else None
-    result = sandbox.run(source, task.name, args=(task.name, trials, timing_args), timeout_s=timeout_s,
+    timing_args = {**TIMING, "seed": seed + len(trials)} if timing and not interpreted else None
+    result = sandbox.run(source, task.name, args=(task.name, trials, timing_args, device), timeout_s=timeout_s,
                          memory_mb=MEMORY_MB, allowed_imports=ALLOWED_IMPORTS | RUNTIME_IMPORTS, harness=HARNESS,
-                         env={"TRITON_INTERPRET": "1"}, result_limit_bytes=64 << 20)
+                         env={"TRITON_INTERPRET": "1"} if device == "cpu" else {}, result_limit_bytes=64 << 20,
+                         profile=sandbox.GPU if device == "cuda" else sandbox.CPU)
     if not result.ok:
-        return KernelVerdict(False, 0.0, f"{result.failure}: {result.error}", seconds=result.seconds)
+        return KernelVerdict(False, 0.0, f"{result.failure}: {result.error}", seconds=result.seconds,
+                             speedup_note="not timed: the sandbox call failed")
     value = result.value
+    if isinstance(value, dict) and isinstance(value.get("tampered"), list):
+        names = ", ".join(str(n) for n in value["tampered"][:5])
+        return KernelVerdict(False, 0.0, f"tampered: the code replaced {names} (the checker's clock, torch or the "
+                             "harness)", seconds=result.seconds, speedup_note="not timed: tampered")
     if not (isinstance(value, dict) and isinstance(value.get("trials"), list) and len(value["trials"]) == len(trials)
             and all(isinstance(r, dict) for r in value["trials"])):
-        return KernelVerdict(False, 0.0, "bad_result: the harness's report is malformed", seconds=result.seconds)
+        return KernelVerdict(False, 0.0, "bad_result: the harness's report is malformed", seconds=result.seconds,
+                             speedup_note="not timed: malformed report")
     outcomes = tuple(judge_trial(task, trial, tensors, report)
                      for trial, tensors, report in zip(trials, inputs, value["trials"]))
     correct = sum(o == "ok" for o in outcomes) / len(outcomes)
     runs = not any(o.startswith("raised") for o in outcomes)
     reason = next((f"trial {i}: {o}" for i, o in enumerate(outcomes) if o != "ok"), "")
-    return KernelVerdict(runs, correct, reason, outcomes, result.seconds,
-                         _speedup(value.get("timing")) if correct == 1.0 else None)
+    verdict = KernelVerdict(runs, correct, reason, outcomes, result.seconds)
+    if correct < 1.0:
+        return dataclasses.replace(verdict, speedup_note="not timed: not fully correct")
+    if timing_args is None:
+        return dataclasses.replace(verdict, speedup_note=INTERPRETED if interpreted else "not timed: not asked")
+    return _with_speedup(verdict, value.get("timing"))
 
 
-def _speedup(timing: object) -> float | None:
-    if not isinstance(timing, dict):
-        return None
-    reference, kernel = timing.get("reference"), timing.get("kernel")
-    if not all(isinstance(t, float) and t > 0 for t in (reference, kernel)):
-        return None
-    return reference / kernel
+def _with_speedup(verdict: KernelVerdict, timing: object) -> KernelVerdict:
+    """The verdict with the child's timing: a speed-up, or a timed round that disagreed (which the child reports only
+    against the kernel's interest, so it is believed: the kernel is not correct), or a malformed report."""
+    if isinstance(timing, dict) and isinstance(timing.get("error"), str):
+        return dataclasses.replace(verdict, correct=0.0, reason=f"timing: {timing['error'][:500]}",
+                                   speedup_note="not timed: a timed call failed")
+    reference, kernel = (timing.get("reference"), timing.get("kernel")) if isinstance(timing, dict) else (None, None)
+    if not all(isinstance(t, float) and math.isfinite(t) and t > 0 for t in (reference, kernel)):
+        return dataclasses.replace(verdict, speedup_note="not timed: malformed timing report")
+    return dataclasses.replace(verdict, speedup=reference / kernel)
+
+
+def check_answer(task_name: str, answer: str | None, device: str = "cpu") -> KernelVerdict:
+    """`check_kernel` (timed) on the code of a final answer, once per (task, answer, device): the kernel rewards and
+    `KernelGenEnv` share one run."""
+    return _check_answer(task_name, answer, device)
 
 
 @functools.lru_cache(maxsize=1024)
-def check_answer(task_name: str, answer: str | None) -> KernelVerdict:
-    """`check_kernel` on the code of a final answer, once per (task, answer): the kernel rewards share one run."""
+def _check_answer(task_name: str, answer: str | None, device: str) -> KernelVerdict:
+    # Apart from check_answer so that a call with the default device and one naming it share the cache entry.
     task = KERNEL_TASKS[task_name]
     source = extract_code(answer, task.name)
     if source is None:
-        return KernelVerdict(False, 0.0, f"no code block defining {task.name}() in the final answer")
-    return check_kernel(task, source)
+        return KernelVerdict(False, 0.0, f"no code block defining {task.name}() in the final answer",
+                             speedup_note="not timed: no code")
+    return check_kernel(task, source, device=device)

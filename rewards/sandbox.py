@@ -49,8 +49,19 @@ What is NOT covered:
   space, not RSS: there is no cgroup), writing up to `output_limit_bytes`.
 - No PID namespace and no seccomp (an unknown CPU architecture without `unshare`): nothing blocks the
   network, and only a root caller can sweep leftover processes.
-- GPU code: the new root hides /dev/nvidia*, and RLIMIT_AS breaks CUDA start-up (DESIGN). The kernel
-  environment needs a warm pool of GPU workers with the devices bound in; this module does not do that.
+- GPU code in the default profile: the new root hides /dev/nvidia*, and RLIMIT_AS breaks CUDA start-up.
+  `profile=GPU` (below) lifts exactly that and nothing else; it was written on a CPU machine and has never run
+  on a GPU. What it still does not give: Triton compilation (it execs `ptxas`, which seccomp denies, so compiled
+  Triton kernels fail in the jail; PyTorch code runs on the GPU), a cap on host RAM tighter than the raised
+  address space (a cgroup would be the tool), and the warm worker pool that amortises CUDA start-up.
+
+The GPU profile (`GPU`): CUDA needs (a) the NVIDIA device nodes, which are bound into the new root at their own
+paths (with namespaces only: without a mount namespace a bind mount would be the host's), (b) its driver library
+and the libraries the code uses loaded before the files disappear, which the caller's trusted `harness` does at
+import by initialising CUDA (`_kernel_harness.warm_up_cuda`), and (c) a much larger address space, because the
+driver reserves tens of GB of virtual addresses (8 GB broke CUDA start-up, 64 GB worked, DESIGN): `memory_mb` gets
+64 GiB on top. `CUDA_VISIBLE_DEVICES` passes through. Everything else (namespaces, uid, seccomp, the other rlimits,
+the wall clock) is as in the default profile.
 """
 
 import dataclasses
@@ -89,6 +100,29 @@ _CHILD = Path(__file__).with_name("_sandbox_child.py")
 _NAMESPACE_FLAGS = ("--pid", "--fork", "--kill-child", "--mount-proc", "--net", "--ipc", "--uts")
 _MARKERS = (b"start", b"preloaded", b"ready")  # the child's progress lines, see _sandbox_child.py
 _CHILD_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    """What a call's jail grants beyond the default one; `CPU` grants nothing, `GPU` what CUDA needs."""
+
+    devices: tuple[str, ...] = ()
+    """Character devices bound read-write into the new root at their own paths (only where namespaces work)."""
+    extra_address_space_mb: int = 0
+    """Address space granted on top of `memory_mb`: CUDA reserves virtual ranges far beyond what it uses."""
+    passthrough_env: tuple[str, ...] = ()
+    """Variables of the caller's environment the child keeps (every other one is dropped)."""
+
+
+def _nvidia_devices() -> tuple[str, ...]:
+    return tuple(sorted(str(p) for p in Path("/dev").glob("nvidia*") if p.is_char_device()))
+
+
+CPU = Profile()
+"""The default jail."""
+GPU = Profile(devices=_nvidia_devices(), extra_address_space_mb=64 * 1024, passthrough_env=("CUDA_VISIBLE_DEVICES",))
+"""The GPU profile (module docstring): NVIDIA device nodes, 64 GiB more address space, CUDA_VISIBLE_DEVICES. Never
+run on a GPU yet."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,6 +193,7 @@ def run(
     result_limit_bytes: int = 1 << 20,
     env: Mapping[str, str] | None = None,
     harness: str | None = None,
+    profile: Profile = CPU,
 ) -> SandboxResult:
     """Run `function(*args, **kwargs)` defined by `source` in a fresh jail and return what happened.
 
@@ -178,6 +213,7 @@ def run(
             in place of `fn(*args, **kwargs)`, so a checker can draw inputs, poison outputs and run trials in the
             same process as the code (one start-up for many trials); its return value is the result. It runs
             beside the code, so whatever it returns is as forgeable as `fn`'s own value: verdicts stay in the parent.
+        profile: What the jail grants beyond the default (`CPU`): `GPU` for CUDA code (module docstring).
 
     Raises:
         SandboxError: only for bad arguments from the caller or a sandbox that cannot start.
@@ -186,6 +222,7 @@ def run(
     _validate(source, function, timeout_s, memory_mb, allowed_imports, disk_mb, output_limit_bytes,
               result_limit_bytes)
     _validate_extras(env, harness)
+    _validate_profile(profile)
     try:
         # Through JSON and back: validates, copies, and gives the child exactly what JSON would.
         call = json.loads(json.dumps({"args": list(args), "kwargs": dict(kwargs or {})}))
@@ -213,6 +250,8 @@ def run(
         "memory_mb": memory_mb, "disk_mb": disk_mb, "cpu_s": math.ceil(timeout_s) + 1,
         "result_items": 1_000_000, "result_limit": result_limit_bytes, "harness": harness,
         "package_root": str(Path(__file__).resolve().parents[1]),
+        "devices": list(profile.devices) if iso.namespaces else [],
+        "extra_address_space_mb": profile.extra_address_space_mb,
     }
     cmd = [sys.executable, "-I", "-S", "-B", str(_CHILD)]
     if iso.namespaces:
@@ -222,8 +261,9 @@ def run(
             os.chown(workdir, uid, uid)  # with namespaces a tmpfs owned by uid is mounted over it instead
         # Only without a PID namespace and without seccomp can the code leave processes behind.
         sweep_uid = uid if not iso.namespaces and not iso.seccomp else None
-        out = supervise(cmd, {**(env or {}), **_CHILD_ENV}, payload, workdir, start + timeout_s, output_limit_bytes,
-                        result_limit_bytes, sweep_uid)
+        passed = {k: os.environ[k] for k in profile.passthrough_env if k in os.environ}
+        out = supervise(cmd, {**passed, **(env or {}), **_CHILD_ENV}, payload, workdir, start + timeout_s,
+                        output_limit_bytes, result_limit_bytes, sweep_uid)
     return _classify(out, timeout_s, output_limit_bytes, result_limit_bytes, time.monotonic() - start)
 
 
@@ -251,6 +291,17 @@ def _validate_extras(env: Mapping[str, str] | None, harness: str | None) -> None
         module, sep, fn = harness.partition(":") if isinstance(harness, str) else ("", "", "")
         if not sep or not fn.isidentifier() or not all(part.isidentifier() for part in module.split(".")):
             raise SandboxError(f"harness={harness!r}: must be 'package.module:function'")
+
+
+def _validate_profile(profile: Profile) -> None:
+    if not isinstance(profile, Profile):
+        raise SandboxError(f"profile={profile!r}: must be a sandbox.Profile (sandbox.CPU or sandbox.GPU)")
+    for device in profile.devices:
+        path = Path(device)
+        if not path.is_absolute() or ".." in path.parts or not path.is_char_device():
+            raise SandboxError(f"profile.devices: {device!r} is not an absolute path to a character device")
+    if not isinstance(profile.extra_address_space_mb, int) or profile.extra_address_space_mb < 0:
+        raise SandboxError(f"profile.extra_address_space_mb={profile.extra_address_space_mb!r}: must be an int >= 0")
 
 
 def _classify(out: ChildOutcome, timeout_s: float, output_limit: int, result_limit: int,

@@ -61,6 +61,11 @@ class TrainConfig:
     kernelgen_tasks: list[str] = field(default_factory=lambda: [
         "softmax", "rmsnorm", "layernorm", "swiglu", "matmul_bias", "mxfp4_dequantize"])
     """Kernel-generation env only: the task ids (oss_grpo/envs/kernelgen.py) the prompts cycle through."""
+    kernelgen_device: Literal["cpu", "cuda"] = "cpu"
+    """Kernel-generation env only: where the checker runs the model's kernels. "cpu": the default sandbox, Triton
+    interpreted (TRITON_INTERPRET=1), so `kernel_speedup` times PyTorch kernels only. "cuda": the sandbox's GPU
+    profile (rewards/sandbox.py), timed with CUDA events; written without a GPU and never run on one yet, and
+    Triton kernels cannot compile in it (the jail may not exec ptxas)."""
     reward_on_error: float = 0.0
     """Score given when a reward function raises or returns NaN (the event is logged and counted)."""
     developer_instructions: str = "You play the game 2048. Answer with exactly one move: up, down, left or right."

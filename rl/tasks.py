@@ -55,11 +55,12 @@ def game2048_strategy_tasks(config: TrainConfig) -> tuple[Dataset, list[str]]:
 
 
 def kernelgen_tasks(config: TrainConfig) -> tuple[Dataset, list[str]]:
-    """`num_tasks` prompts cycling through `kernelgen_tasks`; rewards read the `kernel_task` column. No action names:
-    the answer is free-form code."""
+    """`num_tasks` prompts cycling through `kernelgen_tasks`; rewards read the `kernel_task` and `kernel_device`
+    columns. No action names: the answer is free-form code."""
     names = [config.kernelgen_tasks[i % len(config.kernelgen_tasks)] for i in range(config.num_tasks)]
     prompts = [[{"role": "user", "content": prompt(KERNEL_TASKS[name])}] for name in names]
-    return Dataset.from_dict({"prompt": prompts, "kernel_task": names}), []
+    return Dataset.from_dict({"prompt": prompts, "kernel_task": names,
+                              "kernel_device": [config.kernelgen_device] * len(names)}), []
 
 
 TASKS: dict[str, TaskBuilder] = {

@@ -17,7 +17,6 @@ import torch
 from oss_grpo.envs.kernelgen import KERNEL_TASKS
 from oss_grpo.rewards import _kernel_harness, get, kernel_check, sandbox
 from oss_grpo.rewards.kernel_check import check_answer, check_kernel, extract_code
-from oss_grpo.rewards.kernelgen import speedup_score
 from oss_grpo.rl.config import load_config
 from oss_grpo.rl.errors import ConfigError, SandboxError
 
@@ -110,13 +109,6 @@ def test_the_op_is_trapped_at_run_time(monkeypatch) -> None:
             call()
 
 
-def test_timing_gives_a_speedup_for_a_correct_kernel() -> None:
-    verdict = check_kernel(SOFTMAX, GOOD_SOFTMAX, seed=7, timing=True)
-    assert verdict.correct == 1.0 and verdict.speedup is not None and verdict.speedup > 0
-    assert -1.0 <= speedup_score(verdict) <= 3.0
-    assert speedup_score(kernel_check.KernelVerdict(True, 1.0)) is None  # untimed: no speed-up reward
-
-
 def test_extract_code_from_the_final_answer() -> None:
     answer = f"Here:\n```python\nimport math\n```\nand\n```python\n{GOOD_SOFTMAX}```\n"
     assert extract_code(answer, "softmax") == GOOD_SOFTMAX
@@ -130,7 +122,8 @@ def test_rewards_score_answers_and_garbage() -> None:
     completions, tasks = [good, *garbage], ["softmax"] * 3
     assert get("kernel_correct")(completions, kernel_task=tasks) == [1.0, 0.0, 0.0]
     assert get("kernel_runs")(completions, kernel_task=tasks) == [1.0, 0.0, 0.0]
-    assert get("kernel_speedup")(completions, kernel_task=tasks) == [None, None, None]  # no GPU timing yet
+    speedups = get("kernel_speedup")(completions, kernel_task=tasks)  # PyTorch kernels are timed on CPU too
+    assert isinstance(speedups[0], float) and [s.value for s in speedups[1:]] == [None, None]
     assert "SyntaxError" in check_answer("softmax", garbage[1].final).reason
 
 
