@@ -70,7 +70,8 @@ def train(config_path: str, overrides: list[str], resume: str | None) -> int:
     from oss_grpo.rl.config import load_config
 
     config = load_config(config_path, overrides + ([f"output_dir={resume}"] if resume else []))
-    from oss_grpo.rl.train import process_layout, train as run  # heavy imports only after the config is valid
+    from oss_grpo.rl.data_parallel import process_layout
+    from oss_grpo.rl.train import train as run  # heavy imports (torch, trl) only after the config is valid
 
     run_dir = run(config, resume=resume is not None)
     if process_layout()[0] == 0:  # under accelerate launch, once

@@ -7,7 +7,6 @@ this file only wires our parts into its documented hooks: `rollout_func` (Harmon
 
 import importlib.util
 import logging
-import os
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -19,6 +18,7 @@ from oss_grpo.rewards import get as get_reward
 from oss_grpo.rewards.guard import GuardedReward
 from oss_grpo.rl.checkpoint import CompleteMarker, checkpoint_step, latest_checkpoint
 from oss_grpo.rl.config import TrainConfig
+from oss_grpo.rl.data_parallel import batch_split, process_layout
 from oss_grpo.rl.errors import ConfigError, GeneratorError
 from oss_grpo.rl.harmony import harmony_tokenizer
 from oss_grpo.rl.memory import announce
@@ -45,30 +45,15 @@ def score_only_completion_tokens() -> None:
     trl.trainer.utils._use_triton = lambda device: True  # used there only to choose compaction; kernels stay torch
 
 
-def process_layout() -> tuple[int, int]:
-    """(rank, number of processes): `accelerate launch` and `torchrun` set RANK and WORLD_SIZE, a plain `oss-grpo
-    train` is rank 0 of 1. Read from the environment because it is needed before the trainer joins the group."""
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-
-
 def grpo_args(config: TrainConfig, use_cpu: bool, processes: int = 1):
-    """TRL's config for `config`; the batch (prompts_per_step * group_size) is the step's whole batch, so each of
-    `processes` data-parallel processes samples and trains on its share, and the update is the same for any count."""
+    """TRL's config for `config`, each of `processes` taking its share of the batch (rl/data_parallel.py)."""
     from trl import GRPOConfig
 
-    batch = config.prompts_per_step * config.group_size
-    if batch % processes:
-        raise ConfigError(f"prompts_per_step * group_size = {batch} completions: cannot be split evenly over "
-                          f"{processes} processes")
-    share = batch // processes
-    micro = config.micro_batch_size or share  # TRL samples the share once, then accumulates its micro-batches
-    if share % micro:
-        raise ConfigError(f"micro_batch_size={micro}: must divide each process's share of the batch, "
-                          f"{batch} / {processes} = {share} completions")
+    micro, accumulation = batch_split(config, processes)
     return GRPOConfig(
         output_dir=config.output_dir, seed=config.seed, use_cpu=use_cpu, bf16=config.dtype == "bfloat16",
         num_generations=config.group_size, per_device_train_batch_size=micro,
-        gradient_accumulation_steps=share // micro,
+        gradient_accumulation_steps=accumulation,
         max_completion_length=config.max_completion_tokens, temperature=config.temperature, top_p=config.top_p,
         top_k=config.top_k, loss_type=config.loss_type, beta=config.beta, epsilon=config.epsilon,
         learning_rate=config.learning_rate, lr_scheduler_type="constant", max_grad_norm=config.max_grad_norm,

@@ -26,7 +26,8 @@ REPO = Path(__file__).resolve().parents[1]
 OVERRIDES = ["num_tasks=8", "prompts_per_step=2", "group_size=4", "max_steps=2", "save_steps=1", "samples_every=1",
              "generator=transformers"]
 TOLERANCE = 1e-4
-"""Relative norm of the difference (float32). MEASURED"""
+"""Relative norm of the difference (float32). Measured on 2026-11-23: 2.9e-6 for the gradient, 1.3e-5 for the update
+(docs/MULTIGPU.md)."""
 
 
 def launch(run: Path, processes: int, *extra: str) -> None:
