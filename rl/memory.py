@@ -4,7 +4,8 @@ An estimate from the model's dimensions and the config, split the way memory is 
 
 - weights: MoE experts at 4.25 bits per weight when kept in MXFP4 (4-bit e2m1 codes plus one 8-bit e8m0 scale per
   32 weights), everything else (embeddings, LM head, attention, router, biases, norms) in the config's dtype;
-- KV cache of sampling: the whole batch (prompts_per_step * group_size sequences) of prompt + completion tokens;
+- KV cache of sampling: the batch (prompts_per_step * group_size sequences; with N data-parallel processes each
+  holds 1/N of it) of prompt + completion tokens;
   sliding-attention layers keep at most `sliding_window` positions. With the vLLM generator this line is instead
   vLLM's engine, which holds its own copy of the weights and its KV cache in `vllm_memory_utilization` of the GPU;
 - activations of one micro-batch's forward+backward: the layer inputs gradient checkpointing keeps plus one layer's
