@@ -9,15 +9,23 @@ import os
 import re
 from pathlib import Path
 
+from accelerate import PartialState
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 MARKER = "COMPLETE"
 
 
 class CompleteMarker(TrainerCallback):
-    """Marks `checkpoint-N/` complete once transformers has written all of it (on_save runs after the save)."""
+    """Marks `checkpoint-N/` complete once transformers has written all of it (on_save runs after the save).
+
+    Under accelerate launch every process writes its own RNG state into the folder and the main process the rest, so
+    the processes wait for each other, then the main one marks it.
+    """
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs) -> None:
+        PartialState().wait_for_everyone()
+        if not state.is_world_process_zero:
+            return
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         tmp = folder / f".{MARKER}.tmp"
         tmp.write_text(f"{state.global_step}\n")

@@ -70,10 +70,12 @@ def train(config_path: str, overrides: list[str], resume: str | None) -> int:
     from oss_grpo.rl.config import load_config
 
     config = load_config(config_path, overrides + ([f"output_dir={resume}"] if resume else []))
+    from oss_grpo.rl.data_parallel import process_layout
     from oss_grpo.rl.train import train as run  # heavy imports (torch, trl) only after the config is valid
 
     run_dir = run(config, resume=resume is not None)
-    print(f"run folder: {run_dir} (metrics.jsonl, reward_curve.png, samples.md, final/)")
+    if process_layout()[0] == 0:  # under accelerate launch, once
+        print(f"run folder: {run_dir} (metrics.jsonl, reward_curve.png, samples.md, final/)")
     return 0
 
 

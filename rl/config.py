@@ -130,9 +130,10 @@ class TrainConfig:
     gradient_checkpointing: bool = True
     """Recompute activations in the backward pass: much less memory for long completions, ~30% more compute."""
     micro_batch_size: int = 0
-    """Completions per forward/backward pass (0 = the whole batch at once). A smaller value trades time for memory:
-    the step's batch is still sampled at once and the gradients of its micro-batches are accumulated, so the
-    update is the same. Must divide prompts_per_step * group_size."""
+    """Completions per forward/backward pass of each process (0 = its whole share of the batch at once; one process
+    takes the whole batch, N data-parallel processes 1/N each: docs/MULTIGPU.md). A smaller value trades time for
+    memory: the step's batch is still sampled at once and the gradients of its micro-batches are accumulated, so the
+    update is the same. Must divide prompts_per_step * group_size (and each process's share)."""
     gpu_memory_gb: float = 0.0
     """GPU memory the start-up estimate is checked against, in GB (10^9 bytes); 0 = the visible GPU's total."""
     seed: int = 0

@@ -52,19 +52,21 @@ def play_episodes(
     observe: Callable[[gym.Env], str],
     sampling: Sampling,
     max_turns: int,
+    turn_stride: int,
     allowed: list[list[int]] | None = None,
 ) -> list[Episode]:
     """Play one episode per (prompt, env), all envs already reset; each turn samples every live episode at once.
 
     `act` maps a parsed answer to an action (None: no action, the episode ends); `observe` renders the env's state.
-    Turn t is seeded `sampling.seed + t * len(prompts)`, so no two (episode, turn) requests share a seed.
+    Episode i's turn t is seeded `sampling.seed + t * turn_stride + i` whichever episodes are still live: with
+    `turn_stride` the number of episodes of the whole step (over all processes), no two requests share a seed.
     """
     episodes = [Episode(p, [], [], [], [], 0.0) for p in prompts]
     live = list(range(len(prompts)))
     for turn in range(max_turns):
-        seed = None if sampling.seed is None else sampling.seed + turn * len(prompts)
+        seeds = None if sampling.seed is None else tuple(sampling.seed + turn * turn_stride + i for i in live)
         samples = generator.generate([episodes[i].prompt_ids + episodes[i].completion_ids for i in live],
-                                     replace(sampling, seed=seed), allowed)
+                                     replace(sampling, seed=seeds), allowed)
         still_live = []
         for i, sample in zip(live, samples):
             episode = episodes[i]

@@ -3,6 +3,7 @@
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from oss_grpo.rl.errors import GeneratorError
 from oss_grpo.rl.harmony import ParsedCompletion
 
 
@@ -15,8 +16,19 @@ class Sampling:
     top_p: float = 1.0
     top_k: int = 0
     """0 = off."""
-    seed: int | None = None
-    """Seeds the batch's sampling; None leaves the global RNG as it is."""
+    seed: int | tuple[int, ...] | None = None
+    """Each prompt of a `generate` call is sampled from its own random stream (every backend): an int seeds prompt i
+    with `seed + i`, a tuple gives one seed per prompt. A completion so depends on its seed, never on which prompts
+    share its batch or process (rl/rollout.py seeds by position in the step's whole batch). None: unseeded."""
+
+
+def prompt_seeds(sampling: Sampling, count: int) -> list[int | None]:
+    """The seed of each of `count` prompts, as `Sampling.seed` describes."""
+    if sampling.seed is None or isinstance(sampling.seed, int):
+        return [None if sampling.seed is None else sampling.seed + i for i in range(count)]
+    if len(sampling.seed) != count:
+        raise GeneratorError(f"Sampling.seed holds {len(sampling.seed)} seeds for {count} prompts: give one per prompt")
+    return list(sampling.seed)
 
 
 @dataclass

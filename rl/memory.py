@@ -5,7 +5,8 @@ An estimate from the model's dimensions and the config, split the way memory is 
 - weights: MoE experts at 4.25 bits per weight when kept in MXFP4 (4-bit e2m1 codes plus one 8-bit e8m0 scale per
   32 weights), the attention projections' weight matrices at 4.127 bits with `load_in_4bit` (NF4, rl/nf4.py),
   everything else (embeddings, LM head, attention biases, router, norms) in the config's dtype;
-- KV cache of sampling: the whole batch (prompts_per_step * group_size sequences) of prompt + completion tokens;
+- KV cache of sampling: the batch (prompts_per_step * group_size sequences; with N data-parallel processes each
+  holds 1/N of it) of prompt + completion tokens;
   sliding-attention layers keep at most `sliding_window` positions. With the vLLM generator this line is instead
   vLLM's engine, which holds its own copy of the weights and its KV cache in `vllm_memory_utilization` of the GPU;
 - activations of one micro-batch's forward+backward: the layer inputs gradient checkpointing keeps plus one layer's
@@ -151,9 +152,11 @@ class MemoryEstimate:
 
 
 def estimate_memory(config: TrainConfig, shape: ModelShape, prompt_tokens: int,
-                    vllm_budget: float | None = None) -> MemoryEstimate:
+                    vllm_budget: float | None = None, processes: int = 1) -> MemoryEstimate:
     """The estimate for a run of `config` whose longest prompt has `prompt_tokens` tokens; with `vllm_budget` (bytes
-    of the device vLLM generates on), sampling is vLLM's engine of `vllm_memory_utilization` of it."""
+    of the device vLLM generates on), sampling is vLLM's engine of `vllm_memory_utilization` of it. With several
+    data-parallel `processes` it is one process's (one GPU's): each holds the weights, samples and trains on its share
+    of the batch."""
     s, dense_bytes = shape, 4 if config.dtype == "float32" else 2
     params = param_counts(s)
     expert_bytes = params.experts * (MXFP4_BITS / 8 if config.mxfp4_experts else dense_bytes)
@@ -161,7 +164,7 @@ def estimate_memory(config: TrainConfig, shape: ModelShape, prompt_tokens: int,
     weights = expert_bytes + (params.dense - nf4) * dense_bytes + nf4 * NF4_BITS / 8
 
     seq = prompt_tokens + config.max_completion_tokens
-    batch = config.prompts_per_step * config.group_size
+    batch = config.prompts_per_step * config.group_size // processes
     kv_per_position = 2 * s.num_key_value_heads * s.head_dim * dense_bytes  # K and V of one layer
     full_layers = s.num_hidden_layers - s.sliding_layers
     kv_cache = batch * kv_per_position * (full_layers * seq + s.sliding_layers * min(seq, s.sliding_window or seq))
@@ -207,9 +210,10 @@ def memory_report(estimate: MemoryEstimate, budget_bytes: float | None) -> tuple
     return "\n".join(lines), fits
 
 
-def announce(config: TrainConfig, prompts: list[list[dict[str, str]]], backend: str) -> None:
+def announce(config: TrainConfig, prompts: list[list[dict[str, str]]], backend: str, processes: int = 1) -> None:
     """Print the resolved config and the estimate for the longest of `prompts` with the rollout `backend` (vllm or
-    transformers), before any weight is loaded (a run that cannot fit should say so in seconds, not after minutes)."""
+    transformers), per process of `processes`, before any weight is loaded (a run that cannot fit should say so in
+    seconds, not after minutes)."""
     from oss_grpo.rl.harmony import render_prompt_ids
 
     print(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False), end="")
@@ -218,8 +222,9 @@ def announce(config: TrainConfig, prompts: list[list[dict[str, str]]], backend: 
                                         developer_instructions=config.developer_instructions)) for p in distinct)
     budget = gpu_budget(config)
     vllm_budget = budget if backend == "vllm" else None  # on a CPU (no budget) vLLM's share of RAM is not counted
-    report, _ = memory_report(estimate_memory(config, model_shape(config), longest, vllm_budget), budget)
-    print(f"longest prompt: {longest} tokens\n{report}", flush=True)
+    report, _ = memory_report(estimate_memory(config, model_shape(config), longest, vllm_budget, processes), budget)
+    layout = f", each of {processes} processes" if processes > 1 else ""
+    print(f"longest prompt: {longest} tokens{layout}\n{report}", flush=True)
 
 
 def gpu_budget(config: TrainConfig) -> float | None:

@@ -35,7 +35,7 @@ class MetricsCallback(TrainerCallback):
 
     def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                logs: dict | None = None, **kwargs) -> None:
-        if not logs or "reward" not in logs:  # the end-of-training summary is not a step
+        if not logs or "reward" not in logs or not state.is_world_process_zero:  # not a step, or not the writer
             return
         now, tokens = time.monotonic(), state.num_input_tokens_seen
         record = {"step": state.global_step, **{ours: logs[theirs] for theirs, ours in _KEYS.items() if theirs in logs}}

@@ -41,13 +41,17 @@ class Rollout:
                               developer_instructions=c.developer_instructions)
             for messages in prompts
         ]
-        # Seeded by (run seed, step) so a resumed run samples exactly what the uninterrupted run would have; vLLM seeds
-        # request i with seed + i (and turn t of an episode further on), so steps are spaced by what one step uses.
-        seed = c.seed * 1_000_003 + trainer.state.global_step * len(prompt_ids) * c.max_turns
+        # A completion's seed is (run seed, step, its position in the step's whole batch): a resumed run samples what
+        # the uninterrupted one did, and N processes what one does (TRL gives process p the slice [p * n, (p + 1) * n)
+        # of the batch). Prompt i of a call is seeded seed + i (rl/generator.py) and turn t of an episode t batches
+        # further on, so steps are spaced by what one step uses.
+        n, accelerator = len(prompt_ids), trainer.accelerator
+        batch = n * accelerator.num_processes
+        seed = c.seed * 1_000_003 + trainer.state.global_step * batch * c.max_turns + accelerator.process_index * n
         sampling = Sampling(max_tokens=c.max_completion_tokens, temperature=c.temperature, top_p=c.top_p,
                             top_k=c.top_k, seed=seed)
         if c.max_turns > 1:
-            return self._episodes(generator, prompts, prompt_ids, sampling)
+            return self._episodes(generator, prompts, prompt_ids, sampling, batch)
         completions = generator.generate(prompt_ids, sampling, self.allowed)
         return {
             "prompt_ids": [x.prompt_ids for x in completions],
@@ -57,11 +61,11 @@ class Rollout:
         }
 
     def _episodes(self, generator: Generator, prompts: list[list[dict[str, str]]], prompt_ids: list[list[int]],
-                  sampling: Sampling) -> dict[str, list]:
+                  sampling: Sampling, batch: int) -> dict[str, list]:
         assert self.turns is not None, "rl/train.py checks that max_turns > 1 has an environment that plays turns"
         envs = [self.turns.env_for(messages) for messages in prompts]
         episodes = play_episodes(generator, prompt_ids, envs, self.turns.act, self.turns.observe, sampling,
-                                 self.config.max_turns, self.allowed)
+                                 self.config.max_turns, batch, self.allowed)
         return {
             "prompt_ids": [e.prompt_ids for e in episodes],
             "completion_ids": [e.completion_ids for e in episodes],

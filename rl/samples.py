@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from accelerate.utils import gather_object
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from oss_grpo.rl.metrics import read_metrics
@@ -59,14 +60,18 @@ class SampleTable(TrainerCallback):
         step = state.global_step
         if not self.every or step % self.every or not self.answers or not logs or "reward" not in logs:
             return
+        # Each process scored its slice of the batch (accelerate launch): the main one writes them all, in order.
+        rows = gather_object(self.rows(step))
+        self.answers, self.scores = [], {}
+        if not state.is_world_process_zero:
+            return
         with (self.run_dir / SAMPLES_FILE).open("a") as f:
-            f.writelines(json.dumps(row) + "\n" for row in self.rows(step))
+            f.writelines(json.dumps(row) + "\n" for row in rows)
         # Rewritten whole from the JSON lines, so a resumed run (which truncates those) leaves no stale tables.
         rows = read_metrics(self.run_dir, SAMPLES_FILE)
         steps = sorted({r["step"] for r in rows})
         (self.run_dir / "samples.md").write_text("# Samples\n" + "".join(
             markdown_table([r for r in rows if r["step"] == s]) for s in steps))
-        self.answers, self.scores = [], {}
 
 
 def markdown_table(rows: list[dict]) -> str:

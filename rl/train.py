@@ -19,6 +19,7 @@ from oss_grpo.rewards import get as get_reward
 from oss_grpo.rewards.guard import GuardedReward
 from oss_grpo.rl.checkpoint import CompleteMarker, checkpoint_step, latest_checkpoint
 from oss_grpo.rl.config import TrainConfig
+from oss_grpo.rl.data_parallel import batch_split, process_layout
 from oss_grpo.rl.errors import ConfigError, GeneratorError
 from oss_grpo.rl.harmony import harmony_tokenizer
 from oss_grpo.rl.memory import announce
@@ -46,21 +47,25 @@ def score_only_completion_tokens() -> None:
     trl.trainer.utils._use_triton = lambda device: True  # used there only to choose compaction; kernels stay torch
 
 
-def grpo_args(config: TrainConfig, use_cpu: bool):
+def grpo_args(config: TrainConfig, use_cpu: bool, processes: int = 1):
+    """TRL's config for `config`, each of `processes` taking its share of the batch (rl/data_parallel.py)."""
     from trl import GRPOConfig
 
-    batch = config.prompts_per_step * config.group_size
-    micro = config.micro_batch_size or batch  # TRL samples the whole batch once, then accumulates its micro-batches
+    micro, accumulation = batch_split(config, processes)
     return GRPOConfig(
         output_dir=config.output_dir, seed=config.seed, use_cpu=use_cpu, bf16=config.dtype == "bfloat16",
         num_generations=config.group_size, per_device_train_batch_size=micro,
-        gradient_accumulation_steps=batch // micro,
+        gradient_accumulation_steps=accumulation,
         max_completion_length=config.max_completion_tokens, temperature=config.temperature, top_p=config.top_p,
         top_k=config.top_k, loss_type=config.loss_type, beta=config.beta, epsilon=config.epsilon,
         learning_rate=config.learning_rate, lr_scheduler_type="constant", max_grad_norm=config.max_grad_norm,
         max_steps=config.max_steps, gradient_checkpointing=config.gradient_checkpointing,
         reward_weights=list(config.rewards.values()), save_steps=config.save_steps, logging_steps=1,
         report_to=config.report_to, disable_tqdm=False, optim="adamw_torch",
+        # Under DDP: the buffers are frozen weights (MXFP4 experts: GBs), equal on every process by construction, so
+        # they are not broadcast before each forward; every adapter takes part in every step (expert LoRA is one
+        # tensor per projection), so DDP need not search the graph for unused ones.
+        ddp_broadcast_buffers=False, ddp_find_unused_parameters=False,
     )
 
 
@@ -94,20 +99,25 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
 
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = latest_checkpoint(run_dir) if resume else None
-    for name in (METRICS_FILE, SAMPLES_FILE):
-        truncate_metrics(run_dir, checkpoint_step(checkpoint) if checkpoint else 0, name)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(asdict(config), sort_keys=False))
-
-    score_only_completion_tokens()
+    rank, processes = process_layout()
     use_cpu = config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available())
+    args = grpo_args(config, use_cpu, processes)  # a batch that does not split over the processes stops here
     dataset, actions = build_tasks(config)
     backend = rollout_backend(config)
-    announce(config, dataset["prompt"], backend)
+    if rank == 0:  # one writer per run folder: under accelerate launch the other processes only train
+        for name in (METRICS_FILE, SAMPLES_FILE):
+            truncate_metrics(run_dir, checkpoint_step(checkpoint) if checkpoint else 0, name)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(asdict(config), sort_keys=False))
+        announce(config, dataset["prompt"], backend, processes)
+    if backend == "vllm" and processes > 1:
+        log.warning("generator vllm on %d processes (an engine in each) was never tested: docs/MULTIGPU.md", processes)
+
+    score_only_completion_tokens()
     rollout = Rollout(config, actions, TURN_BASED.get(config.env))
     trainer = GRPOTrainer(
         model=load_policy(config),
         reward_funcs=rewards,
-        args=grpo_args(config, use_cpu),
+        args=args,
         train_dataset=dataset,
         processing_class=harmony_tokenizer(),
         peft_config=lora_config(config),
@@ -134,7 +144,8 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     finally:
         if engine is not None:
             engine.close()
-    trainer.save_model(str(run_dir / "final"))
-    harmony_tokenizer().save_pretrained(run_dir / "final")
-    plot_curves(run_dir)
+    trainer.save_model(str(run_dir / "final"))  # every process calls it; the main one writes
+    if trainer.is_world_process_zero():
+        harmony_tokenizer().save_pretrained(run_dir / "final")
+        plot_curves(run_dir)
     return run_dir

@@ -27,7 +27,7 @@ import torch
 
 from oss_grpo.rl.config import TrainConfig
 from oss_grpo.rl.errors import GeneratorError
-from oss_grpo.rl.generator import Completion, Sampling
+from oss_grpo.rl.generator import Completion, Sampling, prompt_seeds
 from oss_grpo.rl.harmony import parse_completion, stop_token_ids
 from oss_grpo.rl.weight_sync import save_checkpoint
 
@@ -106,15 +106,14 @@ class VllmGenerator:
     def generate(
         self, prompts: list[list[int]], sampling: Sampling, allowed: list[list[int]] | None = None
     ) -> list[Completion]:
-        """One completion per prompt; request i is seeded `sampling.seed + i`, so a group's copies differ."""
+        """One completion per prompt, each request with its own seed (`Sampling.seed`), so a group's copies differ."""
         params = [
             SamplingParams(
                 max_tokens=sampling.max_tokens, temperature=sampling.temperature, top_p=sampling.top_p,
                 top_k=sampling.top_k or -1, stop_token_ids=self.stop_ids, logprobs=0, detokenize=False,
-                seed=None if sampling.seed is None else sampling.seed + i,
-                extra_args={ALLOWED_KEY: allowed} if allowed else None,
+                seed=seed, extra_args={ALLOWED_KEY: allowed} if allowed else None,
             )
-            for i in range(len(prompts))
+            for seed in prompt_seeds(sampling, len(prompts))
         ]
         try:
             outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)

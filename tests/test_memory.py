@@ -73,6 +73,14 @@ def test_nf4_attention_saves_what_bf16_took_beyond_4_127_bits() -> None:
     assert bf16.total - nf4.total == bf16.weights - nf4.weights
 
 
+def test_each_data_parallel_process_holds_its_share_of_the_sampling() -> None:
+    """Under accelerate launch each GPU holds all the weights but samples half the batch (2 processes)."""
+    config = dataclasses.replace(load_config(CONFIGS / "2048.yaml"), micro_batch_size=0)
+    one, two = (estimate_memory(config, model_shape(config), 266, processes=n) for n in (1, 2))
+    assert (two.weights, two.adapters_and_optimizer) == (one.weights, one.adapters_and_optimizer)
+    assert two.kv_cache == one.kv_cache / 2 and two.activations < one.activations
+
+
 def test_smaller_micro_batch_and_checkpointing_lower_activations() -> None:
     config = load_config(CONFIGS / "2048.yaml")
     shape = model_shape(config)

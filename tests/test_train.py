@@ -1,11 +1,14 @@
 """Pieces of rl/train.py that change what TRL computes."""
 
+import pytest
 import torch
 import trl.trainer.utils
 from trl.trainer.utils import add_fused_lm_head
 
+from oss_grpo.rl.config import TrainConfig
+from oss_grpo.rl.errors import ConfigError
 from oss_grpo.rl.tiny_model import build_tiny_model
-from oss_grpo.rl.train import score_only_completion_tokens
+from oss_grpo.rl.train import grpo_args, score_only_completion_tokens
 
 
 def test_completion_only_scoring_gives_the_same_logprobs(monkeypatch) -> None:
@@ -26,3 +29,15 @@ def test_completion_only_scoring_gives_the_same_logprobs(monkeypatch) -> None:
     assert torch.all(out.log_probs[:, :14] == 0)  # prompt positions are not scored at all
     out.log_probs.sum().backward()
     assert model.lm_head.weight.grad.abs().sum() > 0
+
+
+def test_each_process_trains_on_its_share_of_the_batch() -> None:
+    """prompts_per_step * group_size is the step's whole batch for any number of data-parallel processes."""
+    config = TrainConfig(prompts_per_step=4, group_size=4, micro_batch_size=4)
+    args = grpo_args(config, use_cpu=True, processes=2)
+    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (4, 2)
+    assert grpo_args(TrainConfig(prompts_per_step=4, group_size=4), True, 2).per_device_train_batch_size == 8
+    with pytest.raises(ConfigError, match="16 completions: cannot be split evenly over 3 processes"):
+        grpo_args(config, use_cpu=True, processes=3)
+    with pytest.raises(ConfigError, match="micro_batch_size=16: must divide each process's share"):
+        grpo_args(TrainConfig(prompts_per_step=4, group_size=4, micro_batch_size=16), True, 2)

@@ -142,7 +142,9 @@ def test_a_three_turn_2048_episode_masks_the_environments_tokens(generator: Vllm
     rollout = Rollout(config, actions, TURN_BASED[config.env])
     rollout.generator = generator
     prompts = [p for p in dataset["prompt"] for _ in range(2)]
-    out = rollout(prompts, SimpleNamespace(state=SimpleNamespace(global_step=0)))
+    trainer = SimpleNamespace(state=SimpleNamespace(global_step=0),
+                              accelerator=SimpleNamespace(process_index=0, num_processes=1))
+    out = rollout(prompts, trainer)
 
     allowed = [final_answer_ids(a) for a in actions]
     for messages, ids, logprobs, mask in zip(prompts, out["completion_ids"], out["logprobs"], out["env_mask"]):

@@ -1,0 +1,47 @@
+"""TransformersGenerator's sampling: each completion from its own seeded stream, drawn from the processed distribution."""
+
+import pytest
+import torch
+
+from oss_grpo.rl.generator import Sampling
+from oss_grpo.rl.harmony import harmony_tokenizer, render_prompt_ids, stop_token_ids
+from oss_grpo.rl.hf_generator import SeededRowSampling, TransformersGenerator, row_uniforms
+from oss_grpo.rl.tiny_model import build_tiny_model
+
+
+@pytest.fixture(scope="module")
+def generator() -> TransformersGenerator:
+    return TransformersGenerator(build_tiny_model(seed=3), stop_token_ids(), harmony_tokenizer().pad_token_id)
+
+
+def test_a_completion_depends_on_its_seed_not_on_its_batch(generator: TransformersGenerator) -> None:
+    """What lets N processes sample what one does: the same prompt and seed give the same completion whichever
+    prompts share the batch (here of other lengths, so the left padding differs too) and however it is chunked."""
+    prompts = [render_prompt_ids([{"role": "user", "content": text}], reasoning_effort="low")
+               for text in ("Your move?", "Board: 2 4 8 16, your move?", "Hi")]
+    whole = generator.generate(prompts, Sampling(max_tokens=6, seed=10))
+    tail = generator.generate(prompts[1:], Sampling(max_tokens=6, seed=11))
+    alone = generator.generate(prompts[2:], Sampling(max_tokens=6, seed=(12,)))
+    generator.batch_size = 1
+    chunked = generator.generate(prompts, Sampling(max_tokens=6, seed=10))
+    generator.batch_size = 64
+    for got, expected in ((tail, whole[1:]), (alone, whole[2:]), (chunked, whole)):
+        assert [c.completion_ids for c in got] == [c.completion_ids for c in expected]
+        for a, b in zip(got, expected):
+            assert a.logprobs == pytest.approx(b.logprobs, abs=1e-5)
+    again = generator.generate(prompts, Sampling(max_tokens=6, seed=20))
+    assert [c.completion_ids for c in again] != [c.completion_ids for c in whole]  # the seed does matter
+
+
+def test_seeded_rows_draw_from_the_processed_distribution() -> None:
+    """4,000 rows over the same 5 scores, one seed each: frequencies follow the softmax, a masked token is never
+    drawn, and the kept logprob is that of the drawn token; the output leaves one token for generate's argmax."""
+    scores = torch.tensor([[1.0, 0.0, float("-inf"), 2.0, -1.0]]).repeat(4000, 1)
+    sampler = SeededRowSampling(row_uniforms(list(range(4000)), steps=1), prompt_length=7)
+    out = sampler(torch.zeros(4000, 7, dtype=torch.long), scores)
+    drawn = out.argmax(-1)
+    assert torch.all(out.isfinite().sum(-1) == 1) and torch.all(out.gather(-1, drawn[:, None]) == 0)
+    frequencies = torch.bincount(drawn, minlength=5) / 4000
+    torch.testing.assert_close(frequencies, scores[0].softmax(-1), atol=0.02, rtol=0)
+    assert frequencies[2] == 0
+    torch.testing.assert_close(sampler.logprobs[0], scores[0].log_softmax(-1)[drawn])
