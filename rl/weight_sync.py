@@ -4,7 +4,9 @@ The policy is frozen weights plus LoRA adapters, so after an optimizer step only
 their merged weights, W + scaling * B A, under Hugging Face checkpoint names (vLLM's loader maps and fuses them);
 embeddings, norms, router and the MXFP4 experts are never sent again. Two rules come from vLLM's in-place reload,
 which rebuilds a layer whole from what it receives: a layer's bias goes along with its weight, and q/k/v go together
-because vLLM fuses them into one `qkv_proj`.
+because vLLM fuses them into one `qkv_proj`. The colocated engine gets the merged weights (`adapted_tensors`); a
+vLLM server gets only the LoRA factors (`lora_factors`, a few MB) and merges them into its own copy of the base
+weights (rl/lora_merge_worker.py), so the same layers are rebuilt either way.
 
 `attach` plugs the sync into TRL's GRPOTrainer at the place it already syncs its own vLLM (once before the first
 rollout of each new step), which also turns on TRL's vLLM importance-sampling correction: it reweights tokens by
@@ -13,7 +15,7 @@ trainer/sampler probability ratios from the logprobs our rollout returns.
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from peft.tuners.lora import LoraLayer
@@ -22,11 +24,9 @@ from torch import nn
 
 from oss_grpo.kernels.mxfp4 import dequantize
 from oss_grpo.rl.errors import ConfigError
+from oss_grpo.rl.generator import SyncedGenerator
 from oss_grpo.rl.moe import PROJECTIONS, Mxfp4Experts
 from oss_grpo.rl.moe_lora import Mxfp4ExpertsLora
-
-if TYPE_CHECKING:  # vLLM is imported by rl/vllm_generator.py only, and only when that backend is used
-    from oss_grpo.rl.vllm_generator import VllmGenerator
 
 FUSED = ("q_proj", "k_proj", "v_proj")
 """Attention projections that vLLM stores as one fused `qkv_proj`: reloading one of them reloads all three."""
@@ -46,25 +46,50 @@ def merged_weight(layer: LoraLayer) -> torch.Tensor:
     return weight
 
 
-def adapted_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Checkpoint name -> tensor for every layer LoRA changes: merged weights, their biases, fused q/k/v siblings."""
-    base = _unwrap(model)
+def adapted_modules(model: nn.Module) -> list[str]:
+    """Checkpoint names of the linears a sync must send: every LoRA layer, plus the q/k/v siblings of a fused one."""
     modules = set()
-    for name, module in base.named_modules():
+    for name, module in _unwrap(model).named_modules():
         if isinstance(module, Mxfp4ExpertsLora):
             raise ConfigError(f"lora_target_modules names the MXFP4 experts ({name}): the vLLM generator cannot "
                               "sync them (vLLM's fused MoE has no LoRA); use generator: transformers")
         if isinstance(module, LoraLayer):
             parent, _, leaf = name.rpartition(".")
             modules.update(f"{parent}.{p}" for p in FUSED) if leaf in FUSED else modules.add(name)
+    return sorted(modules)
+
+
+def adapted_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Checkpoint name -> tensor for every layer LoRA changes: merged weights, their biases, fused q/k/v siblings."""
+    base = _unwrap(model)
     tensors = {}
-    for name in sorted(modules):
+    for name in adapted_modules(model):
         module = base.get_submodule(name)
         linear = module.get_base_layer() if isinstance(module, LoraLayer) else module
         tensors[f"{name}.weight"] = merged_weight(module) if isinstance(module, LoraLayer) else linear.weight.detach()
         if linear.bias is not None:
             tensors[f"{name}.bias"] = linear.bias.detach()
     return tensors
+
+
+def lora_factors(model: nn.Module) -> tuple[list[str], dict[str, torch.Tensor]]:
+    """What a remote engine needs to rebuild `adapted_tensors` from base weights it holds: the module names, and
+    `{name}.lora_A` (r, in) / `{name}.lora_B` (out, r) per LoRA layer, such that W = W_base + lora_B @ lora_A.
+
+    The scaling is folded into B, and several active adapters are stacked along r (B1 A1 + B2 A2 = [B1 B2] [A1; A2]),
+    so the receiver does one matmul per layer. Plain LoRA only (PEFT's default, what lora_config builds).
+    """
+    base, factors = _unwrap(model), {}
+    modules = adapted_modules(model)
+    for name in modules:
+        layer = base.get_submodule(name)
+        if not isinstance(layer, LoraLayer):
+            continue  # a fused sibling without LoRA: the receiver reloads its base weight
+        active = [a for a in layer.active_adapters if a in layer.lora_A]
+        factors[f"{name}.lora_A"] = torch.cat([layer.lora_A[a].weight.detach() for a in active]).contiguous()
+        factors[f"{name}.lora_B"] = torch.cat(
+            [layer.lora_B[a].weight.detach() * layer.scaling[a] for a in active], dim=1).contiguous()
+    return modules, factors
 
 
 def checkpoint_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -100,18 +125,18 @@ def save_checkpoint(model: nn.Module, folder: Path) -> Path:
 class WeightSync:
     """Sits where TRL keeps its own vLLM client (`trainer.vllm_generation`): TRL calls `sync_weights` once per step."""
 
-    def __init__(self, trainer: Any, generator: "VllmGenerator") -> None:
+    def __init__(self, trainer: Any, generator: SyncedGenerator) -> None:
         self.trainer, self.generator = trainer, generator
 
     def sync_weights(self) -> None:
         start = time.perf_counter()
-        tensors = adapted_tensors(self.trainer.model)
-        self.generator.load_weights(tensors.items())
+        sent = self.generator.sync_from(self.trainer.model)
         self.trainer._log_metric("sync/seconds", time.perf_counter() - start)
-        self.trainer._log_metric("sync/megabytes", sum(t.numel() * t.element_size() for t in tensors.values()) / 1e6)
+        for key, value in sent.items():
+            self.trainer._log_metric(f"sync/{key}", value)
 
 
-def attach(trainer: Any, generator: "VllmGenerator", constrained: bool) -> None:
+def attach(trainer: Any, generator: SyncedGenerator, constrained: bool, loaded: bool = True) -> None:
     """Make `trainer` (TRL GRPOTrainer) sync `generator` after every optimizer step and correct for its sampling.
 
     TRL has no public hook for an outside generator; these are the attributes its own vLLM path sets up. With
@@ -122,4 +147,6 @@ def attach(trainer: Any, generator: "VllmGenerator", constrained: bool) -> None:
     trainer.use_vllm = True
     trainer.vllm_importance_sampling_correction = trainer.vllm_importance_sampling_correction and not constrained
     trainer.vllm_generation = WeightSync(trainer, generator)
-    trainer._last_loaded_step = trainer.state.global_step  # the engine was loaded from the current weights
+    # `loaded`: the engine was built from the current weights (colocated), so TRL's first sync is skipped; a server
+    # may hold another run's weights, so it is synced before the first rollout (-1 is never a step).
+    trainer._last_loaded_step = trainer.state.global_step if loaded else -1
