@@ -34,13 +34,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     check.add_argument("name", help="registered reward name, pkg.module:fn, path/to/file.py:fn or entry-point name")
     check.add_argument("--config", help="YAML file whose env (and its options) provides the sample tasks")
     check.add_argument("--max-seconds", type=float, default=1.0, help="slowest acceptable time per completion")
-    serve = commands.add_parser("serve", help="start the vLLM server a `generator: vllm-server` run samples from")
+    serve = commands.add_parser("serve", help="start the vLLM server a `generator: vllm-server` run samples from",
+                                epilog="flags after -- go to vLLM as they are, e.g. -- --tensor-parallel-size 2")
     serve.add_argument("config", help="the run's YAML config (model, dtype, vllm_* options, vllm_server_url's port)")
     serve.add_argument("--host", help="interface to bind (default: the URL's loopback host, else 0.0.0.0)")
     serve.add_argument("--model-dir", help="where the tiny model is written (default: under ~/.cache/oss_grpo)")
     serve.add_argument("--print-only", action="store_true", help="print the vLLM command instead of running it")
-    serve.add_argument("vllm_args", nargs="*", metavar="-- VLLM FLAGS",
-                       help="more `vllm serve` flags after --, e.g. -- --tensor-parallel-size 2")
     for command in (train, evaluate, check, serve):
         command.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                              help="override one option, e.g. --set max_steps=2 (repeatable)")
@@ -50,7 +49,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="Hugging Face checkpoint, every LoRA (attention, experts) merged, experts dequantised")
     export.add_argument("--adapter", metavar="OUT", help="the PEFT adapter alone (attention and expert factors)")
     export.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16", help="dtype of --merged")
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    cut = argv.index("--") if "--" in argv else len(argv)  # argparse would take vLLM's flags for its own
+    args = parser.parse_args(argv[:cut])
+    args.vllm_args = argv[cut + 1 :]
+    if args.vllm_args and args.command != "serve":
+        parser.error("flags after -- are passed to vLLM by `serve` only")
     if args.command == "export" and not (args.merged or args.adapter):
         parser.error("export: give --merged OUT, --adapter OUT or both")
     return args

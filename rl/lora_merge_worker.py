@@ -5,8 +5,8 @@ documented hook for adding methods to every worker, and with `VLLM_SERVER_DEV_MO
 `POST /collective_rpc` (`{"method": name, "kwargs": {str: str}}`, string arguments only) to call them. The trainer
 (rl/vllm_server.py) calls:
 
-- `oss_grpo_describe()`: the vocabulary size and the float64 sum of |w| over the embedding the worker holds, so a
-  trainer refuses a server that serves another model.
+- `oss_grpo_describe()`: the vocabulary size and `sums` of the embedding shard the worker holds, so a trainer
+  refuses a server that serves another model.
 - `oss_grpo_load_lora(modules, factors)`: `modules` is a JSON list of checkpoint module names, `factors` base64 of
   safetensors bytes with `{module}.lora_A` / `{module}.lora_B` (rl/weight_sync.py `lora_factors`). The worker reads
   those modules' base weights and biases from the checkpoint files once, keeps them in CPU memory, computes
@@ -36,10 +36,12 @@ def encode_factors(factors: dict[str, torch.Tensor]) -> str:
     return base64.b64encode(save({k: v.cpu() for k, v in factors.items()})).decode("ascii")
 
 
-def abs_sum(weight: torch.Tensor) -> float:
-    """Sum of |w| in float64, a row block at a time (a 20B model's embedding is 0.6 G values): a model checksum
-    that both the trainer and the server can compute and that survives dtype rounding."""
-    return sum(block.double().abs().sum().item() for block in weight.detach().split(4096))
+def sums(weight: torch.Tensor) -> tuple[float, float]:
+    """(sum of w, sum of w^2) in float64, a row block at a time (a 20B model's embedding is 0.6 G values): a model
+    fingerprint both sides compute. Two random inits of one shape have the same norm, but their sums differ by about
+    the norm itself, while rounding to another dtype moves the sum by ~1e-3 of it (rl/vllm_server.py checks both)."""
+    blocks = [block.double() for block in weight.detach().split(4096)]
+    return sum(b.sum().item() for b in blocks), sum(b.square().sum().item() for b in blocks)
 
 
 def read_tensors(folder: Path, names: set[str]) -> dict[str, torch.Tensor]:
@@ -81,8 +83,9 @@ class LoraMergeExtension:
 
         embedding = next(m.weight for m in self.get_model().modules()  # the input embedding, not the LM head
                          if isinstance(m, VocabParallelEmbedding) and not isinstance(m, ParallelLMHead))
-        return {"vocab_size": self.vllm_config.model_config.get_vocab_size(),
-                "embedding_abs_sum": abs_sum(embedding)}  # this worker's shard; vLLM zero-fills padding rows
+        total, squares = sums(embedding)  # this worker's shard; vLLM zero-fills padding rows
+        return {"vocab_size": self.vllm_config.model_config.get_vocab_size(), "embedding_sum": total,
+                "embedding_squares": squares}
 
     def oss_grpo_load_lora(self, modules: str, factors: str) -> dict:
         start = time.perf_counter()

@@ -36,7 +36,7 @@ from oss_grpo.rl.config import TrainConfig
 from oss_grpo.rl.errors import ConfigError, GeneratorError
 from oss_grpo.rl.generator import ALLOWED_KEY, Completion, Sampling
 from oss_grpo.rl.harmony import harmony_tokenizer, parse_completion, stop_token_ids
-from oss_grpo.rl.lora_merge_worker import abs_sum, encode_factors
+from oss_grpo.rl.lora_merge_worker import encode_factors, sums
 from oss_grpo.rl.weight_sync import lora_factors
 
 log = logging.getLogger(__name__)
@@ -47,8 +47,9 @@ PROBE = "<|start|>assistant<|channel|>final<|message|>Move left, then up.<|retur
 UNREACHABLE = (urllib.error.URLError, OSError, http.client.HTTPException)
 """No answer: connection refused or reset, timed out, a response cut short (an error status is an answer:
 `_post` turns it into GeneratorError first)."""
-EMBEDDING_TOLERANCE = 1e-3
-"""Relative gap allowed between the two embeddings' sums of |w|: dtype rounding, not another model."""
+EMBEDDING_TOLERANCE = 1e-2
+"""Largest gap between the two embeddings' sums (and 1/10 of it between their norms), relative to the norm: dtype
+rounding stays ~10x below it, another model or seed lands ~100x above it (see lora_merge_worker.sums)."""
 
 
 def runs(prompts: list[list[int]]) -> list[tuple[int, int]]:
@@ -118,11 +119,14 @@ class VllmServerGenerator:
         if served != ours.shape[0]:
             raise ConfigError(f"vllm_server_url={self.url}: the server's model has {served} tokens, the policy "
                               f"{ours.shape[0]}: it serves another model")
-        served_sum, our_sum = sum(w["embedding_abs_sum"] for w in workers), abs_sum(ours.detach())
-        if abs(served_sum - our_sum) > EMBEDDING_TOLERANCE * our_sum:
+        our_sum, our_squares = sums(ours)
+        served_sum, served_squares = (sum(w[key] for w in workers) for key in ("embedding_sum", "embedding_squares"))
+        norm = our_squares**0.5
+        if abs(served_sum - our_sum) > EMBEDDING_TOLERANCE * norm or \
+                abs(served_squares**0.5 - norm) > EMBEDDING_TOLERANCE / 10 * norm:
             raise ConfigError(f"vllm_server_url={self.url}: the server's embedding differs from the policy's "
-                              f"(sum |w| {served_sum:.6g} vs {our_sum:.6g}): it serves another model or seed; "
-                              "start it with `oss-grpo serve` and this run's config")
+                              f"(sum {served_sum:.6g} vs {our_sum:.6g}, norm {served_squares**0.5:.6g} vs {norm:.6g}): "
+                              "it serves another model or seed; start it with `oss-grpo serve` and this run's config")
 
     def generate(
         self, prompts: list[list[int]], sampling: Sampling, allowed: list[list[int]] | None = None
