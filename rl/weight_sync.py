@@ -5,8 +5,9 @@ their merged weights, W + scaling * B A, under Hugging Face checkpoint names (vL
 embeddings, norms, router and the MXFP4 experts are never sent again. Two rules come from vLLM's in-place reload,
 which rebuilds a layer whole from what it receives: a layer's bias goes along with its weight, and q/k/v go together
 because vLLM fuses them into one `qkv_proj`. The colocated engine gets the merged weights (`adapted_tensors`); a
-vLLM server gets only the LoRA factors (`lora_factors`, a few MB) and merges them into its own copy of the base
-weights (rl/lora_merge_worker.py), so the same layers are rebuilt either way.
+vLLM server gets only the LoRA factors (`lora_factors`: 1/30 of the bytes for gpt-oss-20b at r16, docs/BENCHMARKS.md)
+and merges them into its own copy of the base weights (rl/lora_merge_worker.py), so the same layers are rebuilt
+either way.
 
 `attach` plugs the sync into TRL's GRPOTrainer at the place it already syncs its own vLLM (once before the first
 rollout of each new step), which also turns on TRL's vLLM importance-sampling correction: it reweights tokens by
