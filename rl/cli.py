@@ -4,6 +4,7 @@
     oss-grpo eval CONFIG.yaml --checkpoint DIR [--set key=value ...]
     oss-grpo check-plugin NAME [--config CONFIG.yaml] [--set key=value ...] [--max-seconds S]
     oss-grpo export RUN_DIR [--merged OUT] [--adapter OUT] [--dtype bfloat16|float32]
+    oss-grpo serve CONFIG.yaml [--set key=value ...] [--host H] [--model-dir DIR] [--print-only] [-- VLLM FLAGS]
 
 A config error, unknown plugin or missing file prints one line naming the key or file and exits with code 2,
 before any model is built. `check-plugin` exits 0 when the reward passes every check and 1 with its findings.
@@ -33,7 +34,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     check.add_argument("name", help="registered reward name, pkg.module:fn, path/to/file.py:fn or entry-point name")
     check.add_argument("--config", help="YAML file whose env (and its options) provides the sample tasks")
     check.add_argument("--max-seconds", type=float, default=1.0, help="slowest acceptable time per completion")
-    for command in (train, evaluate, check):
+    serve = commands.add_parser("serve", help="start the vLLM server a `generator: vllm-server` run samples from",
+                                epilog="flags after -- go to vLLM as they are, e.g. -- --tensor-parallel-size 2")
+    serve.add_argument("config", help="the run's YAML config (model, dtype, vllm_* options, vllm_server_url's port)")
+    serve.add_argument("--host", help="interface to bind (default: the URL's loopback host, else 0.0.0.0)")
+    serve.add_argument("--model-dir", help="where the tiny model is written (default: under ~/.cache/oss_grpo)")
+    serve.add_argument("--print-only", action="store_true", help="print the vLLM command instead of running it")
+    for command in (train, evaluate, check, serve):
         command.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                              help="override one option, e.g. --set max_steps=2 (repeatable)")
     export = commands.add_parser("export", help="write a trained run as a merged checkpoint and/or its adapter")
@@ -42,7 +49,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="Hugging Face checkpoint, every LoRA (attention, experts) merged, experts dequantised")
     export.add_argument("--adapter", metavar="OUT", help="the PEFT adapter alone (attention and expert factors)")
     export.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16", help="dtype of --merged")
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    cut = argv.index("--") if "--" in argv else len(argv)  # argparse would take vLLM's flags for its own
+    args = parser.parse_args(argv[:cut])
+    args.vllm_args = argv[cut + 1 :]
+    if args.vllm_args and args.command != "serve":
+        parser.error("flags after -- are passed to vLLM by `serve` only")
     if args.command == "export" and not (args.merged or args.adapter):
         parser.error("export: give --merged OUT, --adapter OUT or both")
     return args
@@ -60,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
             return evaluate(args.config, args.overrides, args.checkpoint)
         if args.command == "export":
             return export(args.run_dir, args.merged, args.adapter, args.dtype)
+        if args.command == "serve":
+            return serve(args)
         return train(args.config, args.overrides, args.resume)
     except OssGrpoError as err:
         print(f"oss-grpo: error: {err}", file=sys.stderr)
@@ -98,6 +112,16 @@ def export(run_dir: str, merged: str | None, adapter: str | None, dtype: str) ->
     run(Path(run_dir), merged and Path(merged), adapter and Path(adapter), getattr(torch, dtype))
     print(f"exported {run_dir}: " + ", ".join(f"{kind} -> {out}" for kind, out in
                                               (("merged", merged), ("adapter", adapter)) if out))
+    return 0
+
+
+def serve(args: argparse.Namespace) -> int:
+    from oss_grpo.rl.config import load_config
+
+    config = load_config(args.config, args.overrides)
+    from oss_grpo.rl.serve import serve as run  # torch only once the config is valid
+
+    run(config, args.model_dir, args.host, args.vllm_args, args.print_only)  # execs vLLM unless --print-only
     return 0
 
 

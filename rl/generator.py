@@ -1,10 +1,17 @@
-"""What every rollout backend returns, and the interface they share (rl/vllm_generator.py, rl/hf_generator.py)."""
+"""What every rollout backend returns, and the interface they share (rl/vllm_generator.py, rl/vllm_server.py,
+rl/hf_generator.py)."""
 
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from torch import nn
+
 from oss_grpo.rl.errors import GeneratorError
 from oss_grpo.rl.harmony import ParsedCompletion
+
+ALLOWED_KEY = "oss_grpo_allowed"
+"""Where vLLM backends put `allowed` in a request (`SamplingParams.extra_args`; over HTTP, `vllm_xargs`); read by
+rl/vllm_choice.py's logits processor."""
 
 
 @dataclass(frozen=True)
@@ -52,4 +59,16 @@ class Generator(Protocol):
         self, prompts: list[list[int]], sampling: Sampling, allowed: list[list[int]] | None = None
     ) -> list[Completion]:
         """`allowed`, when given, lists the only completions that may be sampled (constrained decoding)."""
+        ...
+
+
+class SyncedGenerator(Generator, Protocol):
+    """A backend with its own copy of the weights (a vLLM engine in process or behind a server), synced every step."""
+
+    def sync_from(self, model: nn.Module) -> dict[str, float]:
+        """Make the engine sample from `model`'s current weights; returns sizes/costs to log (`sync/<key>`)."""
+        ...
+
+    def close(self) -> None:
+        """Release the engine (or the connection to it)."""
         ...

@@ -211,9 +211,9 @@ def memory_report(estimate: MemoryEstimate, budget_bytes: float | None) -> tuple
 
 
 def announce(config: TrainConfig, prompts: list[list[dict[str, str]]], backend: str, processes: int = 1) -> None:
-    """Print the resolved config and the estimate for the longest of `prompts` with the rollout `backend` (vllm or
-    transformers), per process of `processes`, before any weight is loaded (a run that cannot fit should say so in
-    seconds, not after minutes)."""
+    """Print the resolved config and the estimate for the longest of `prompts` with the rollout `backend` (vllm,
+    vllm-server or transformers), per process of `processes`, before any weight is loaded (a run that cannot fit
+    should say so in seconds, not after minutes)."""
     from oss_grpo.rl.harmony import render_prompt_ids
 
     print(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False), end="")
@@ -221,7 +221,8 @@ def announce(config: TrainConfig, prompts: list[list[dict[str, str]]], backend: 
     longest = max(len(render_prompt_ids(p, reasoning_effort=config.reasoning_effort,
                                         developer_instructions=config.developer_instructions)) for p in distinct)
     budget = gpu_budget(config)
-    vllm_budget = budget if backend == "vllm" else None  # on a CPU (no budget) vLLM's share of RAM is not counted
+    # On a CPU (no budget) vLLM's share of RAM is not counted; a vLLM server samples on other devices (0 here).
+    vllm_budget = {"vllm": budget, "vllm-server": 0.0}.get(backend)
     report, _ = memory_report(estimate_memory(config, model_shape(config), longest, vllm_budget, processes), budget)
     layout = f", each of {processes} processes" if processes > 1 else ""
     print(f"longest prompt: {longest} tokens{layout}\n{report}", flush=True)

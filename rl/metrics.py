@@ -11,7 +11,9 @@ METRICS_FILE = "metrics.jsonl"
 # TRL's log keys -> ours (what a user plots first).
 _KEYS = {"reward": "reward_mean", "reward_std": "reward_std", "loss": "loss", "kl": "kl", "grad_norm": "grad_norm",
          "completions/mean_length": "completion_length", "learning_rate": "learning_rate",
-         "sync/seconds": "sync_seconds", "sampling/sampling_logp_difference/max": "sampler_logp_diff_max"}
+         "sync/seconds": "sync_seconds", "sync/megabytes": "sync_megabytes",
+         "sync/server_seconds": "sync_server_seconds",
+         "sampling/sampling_logp_difference/max": "sampler_logp_diff_max"}
 
 
 def read_metrics(run_dir: Path, name: str = METRICS_FILE) -> list[dict]:

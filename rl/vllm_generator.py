@@ -9,27 +9,28 @@
    (`rl/weight_sync.py` does). The prefix cache is dropped after a sync: its KV entries came from the old weights.
 3. Logprobs are vLLM's `processed_logprobs`: after temperature, top-k/p and our logits processor, i.e. of the
    distribution each token was drawn from, which TRL's importance-sampling correction compares with the trainer's.
-4. Constrained decoding (`allowed`) is a vLLM logits processor doing what rl/choice_constraint.py does for
-   transformers: per step, only tokens that keep the completion a prefix of an allowed one, so the sample comes from
-   the policy's own distribution renormalised over the allowed continuations.
-5. Not yet: sleep/wake around the optimizer step (vLLM has it on GPUs only, and no GPU vLLM was available to test it).
-vLLM is imported here and nowhere else.
+4. Constrained decoding (`allowed`) is rl/vllm_choice.py's logits processor.
+5. No retry: in process, a failure is either deterministic (prompt too long, KV cache too small), so a second try
+   fails the same way, or the engine died with the process's state, so there is nothing left to retry on. The server
+   client (rl/vllm_server.py) retries once, because there a dropped connection or a timeout can be transient.
+6. Not yet: sleep/wake around the optimizer step (vLLM has it on GPUs only, and no GPU vLLM was available to test it).
+vLLM's engine is imported here and in rl/vllm_choice.py only (the server client talks HTTP).
 """
 
 import gc
 import os
 import tempfile
-from collections.abc import Iterable, Sequence
-from functools import partial
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 
 from oss_grpo.rl.config import TrainConfig
 from oss_grpo.rl.errors import GeneratorError
-from oss_grpo.rl.generator import Completion, Sampling, prompt_seeds
+from oss_grpo.rl.generator import ALLOWED_KEY, Completion, Sampling, prompt_seeds
 from oss_grpo.rl.harmony import parse_completion, stop_token_ids
-from oss_grpo.rl.weight_sync import save_checkpoint
+from oss_grpo.rl.vllm_choice import ChoiceLogitsProcessor
+from oss_grpo.rl.weight_sync import adapted_tensors, save_checkpoint
 
 # The engine core in this process: tensors reach vLLM by reference, and no process is spawned.
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -38,31 +39,6 @@ from vllm import LLM, SamplingParams  # noqa: E402  (after the environment varia
 from vllm.exceptions import VLLMError  # noqa: E402
 from vllm.inputs import TokensPrompt  # noqa: E402
 from vllm.outputs import CompletionOutput  # noqa: E402
-from vllm.v1.sample.logits_processor import AdapterLogitsProcessor  # noqa: E402
-
-ALLOWED_KEY = "oss_grpo_allowed"
-"""`SamplingParams.extra_args` key of a request's allowed completions (lists of token ids)."""
-
-
-def allow_prefixes(choices: Sequence[Sequence[int]], output_ids: list[int], logits: torch.Tensor) -> torch.Tensor:
-    """One request's logits with every token masked that would leave all of `choices`."""
-    step = len(output_ids)
-    allowed = {c[step] for c in choices if len(c) > step and list(c[:step]) == output_ids}
-    mask = torch.full_like(logits, float("-inf"))
-    mask[list(allowed)] = 0.0
-    return logits + mask
-
-
-class ChoiceLogitsProcessor(AdapterLogitsProcessor):
-    """vLLM (v1) logits processor applying `allow_prefixes` to the requests that name allowed completions."""
-
-    def is_argmax_invariant(self) -> bool:
-        return False  # it changes which token is most likely: greedy requests need it too
-
-    def new_req_logits_processor(self, params: SamplingParams) -> partial | None:
-        choices = (params.extra_args or {}).get(ALLOWED_KEY)
-        return partial(allow_prefixes, choices) if choices else None
-
 
 class VllmGenerator:
     """The Generator protocol on a vLLM engine loaded from a Hugging Face checkpoint folder."""
@@ -131,6 +107,12 @@ class VllmGenerator:
             prompt_ids=prompt, completion_ids=ids, logprobs=logprobs,
             finish_reason="stop" if ids[-1] in self.stop_ids else "length", parsed=parse_completion(ids),
         )
+
+    def sync_from(self, model: torch.nn.Module) -> dict[str, float]:
+        """Load the merged weights of the layers LoRA changes in `model` (rl/weight_sync.py); returns what was sent."""
+        tensors = adapted_tensors(model)
+        self.load_weights(tensors.items())
+        return {"megabytes": sum(t.numel() * t.element_size() for t in tensors.values()) / 1e6}
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Load checkpoint-named tensors (`model.layers.0.self_attn.q_proj.weight`, ...) in place; see point 2."""

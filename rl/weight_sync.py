@@ -5,7 +5,10 @@ their merged weights, W + scaling * B A, under Hugging Face checkpoint names (vL
 NF4 weights (`load_in_4bit`, rl/nf4.py) are dequantised first, as vLLM holds its own dense copy;
 embeddings, norms, router and the MXFP4 experts are never sent again. Two rules come from vLLM's in-place reload,
 which rebuilds a layer whole from what it receives: a layer's bias goes along with its weight, and q/k/v go together
-because vLLM fuses them into one `qkv_proj`.
+because vLLM fuses them into one `qkv_proj`. The colocated engine gets the merged weights (`adapted_tensors`); a
+vLLM server gets only the LoRA factors (`lora_factors`: 1/30 of the bytes for gpt-oss-20b at r16, docs/BENCHMARKS.md)
+and merges them into its own copy of the base weights (rl/lora_merge_worker.py), so the same layers are rebuilt
+either way.
 
 `attach` plugs the sync into TRL's GRPOTrainer at the place it already syncs its own vLLM (once before the first
 rollout of each new step), which also turns on TRL's vLLM importance-sampling correction: it reweights tokens by
@@ -14,7 +17,7 @@ trainer/sampler probability ratios from the logprobs our rollout returns.
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from peft.tuners.lora import LoraLayer
@@ -23,12 +26,10 @@ from torch import nn
 
 from oss_grpo.kernels.mxfp4 import dequantize
 from oss_grpo.rl.errors import ConfigError
+from oss_grpo.rl.generator import SyncedGenerator
 from oss_grpo.rl.moe import PROJECTIONS, Mxfp4Experts
 from oss_grpo.rl.moe_lora import Mxfp4ExpertsLora
 from oss_grpo.rl.nf4 import dense_weight, nf4_linears
-
-if TYPE_CHECKING:  # vLLM is imported by rl/vllm_generator.py only, and only when that backend is used
-    from oss_grpo.rl.vllm_generator import VllmGenerator
 
 FUSED = ("q_proj", "k_proj", "v_proj")
 """Attention projections that vLLM stores as one fused `qkv_proj`: reloading one of them reloads all three."""
@@ -49,8 +50,8 @@ def merged_weight(layer: LoraLayer) -> torch.Tensor:
     return weight
 
 
-def adapted_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Checkpoint name -> tensor for every layer LoRA changes: merged weights, their biases, fused q/k/v siblings.
+def adapted_modules(model: nn.Module) -> list[str]:
+    """Checkpoint names of the linears a sync must send: every LoRA layer, plus the q/k/v siblings of a fused one.
     NF4 linears count as changed, with or without LoRA: a released checkpoint gives vLLM their unrounded weights."""
     base = _unwrap(model)
     changed = list(nf4_linears(base))
@@ -64,14 +65,40 @@ def adapted_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     for name in changed:
         parent, _, leaf = name.rpartition(".")
         modules.update(f"{parent}.{p}" for p in FUSED) if leaf in FUSED else modules.add(name)
+    return sorted(modules)
+
+
+def adapted_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Checkpoint name -> tensor for every layer `adapted_modules` names: merged weights, their biases."""
+    base = _unwrap(model)
     tensors = {}
-    for name in sorted(modules):
+    for name in adapted_modules(model):
         module = base.get_submodule(name)
         linear = module.get_base_layer() if isinstance(module, LoraLayer) else module
         tensors[f"{name}.weight"] = merged_weight(module) if isinstance(module, LoraLayer) else dense_weight(linear)
         if linear.bias is not None:
             tensors[f"{name}.bias"] = linear.bias.detach()
     return tensors
+
+
+def lora_factors(model: nn.Module) -> tuple[list[str], dict[str, torch.Tensor]]:
+    """What a remote engine needs to rebuild `adapted_tensors` from base weights it holds: the module names, and
+    `{name}.lora_A` (r, in) / `{name}.lora_B` (out, r) per LoRA layer, such that W = W_base + lora_B @ lora_A.
+
+    The scaling is folded into B, and several active adapters are stacked along r (B1 A1 + B2 A2 = [B1 B2] [A1; A2]),
+    so the receiver does one matmul per layer. Plain LoRA only (PEFT's default, what lora_config builds).
+    """
+    base, factors = _unwrap(model), {}
+    modules = adapted_modules(model)
+    for name in modules:
+        layer = base.get_submodule(name)
+        if not isinstance(layer, LoraLayer):
+            continue  # a fused sibling without LoRA: the receiver reloads its base weight
+        active = [a for a in layer.active_adapters if a in layer.lora_A]
+        factors[f"{name}.lora_A"] = torch.cat([layer.lora_A[a].weight.detach() for a in active]).contiguous()
+        factors[f"{name}.lora_B"] = torch.cat(
+            [layer.lora_B[a].weight.detach() * layer.scaling[a] for a in active], dim=1).contiguous()
+    return modules, factors
 
 
 def checkpoint_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -112,18 +139,18 @@ def save_checkpoint(model: nn.Module, folder: Path) -> Path:
 class WeightSync:
     """Sits where TRL keeps its own vLLM client (`trainer.vllm_generation`): TRL calls `sync_weights` once per step."""
 
-    def __init__(self, trainer: Any, generator: "VllmGenerator") -> None:
+    def __init__(self, trainer: Any, generator: SyncedGenerator) -> None:
         self.trainer, self.generator = trainer, generator
 
     def sync_weights(self) -> None:
         start = time.perf_counter()
-        tensors = adapted_tensors(self.trainer.model)
-        self.generator.load_weights(tensors.items())
+        sent = self.generator.sync_from(self.trainer.model)
         self.trainer._log_metric("sync/seconds", time.perf_counter() - start)
-        self.trainer._log_metric("sync/megabytes", sum(t.numel() * t.element_size() for t in tensors.values()) / 1e6)
+        for key, value in sent.items():
+            self.trainer._log_metric(f"sync/{key}", value)
 
 
-def attach(trainer: Any, generator: "VllmGenerator", constrained: bool) -> None:
+def attach(trainer: Any, generator: SyncedGenerator, constrained: bool, loaded: bool = True) -> None:
     """Make `trainer` (TRL GRPOTrainer) sync `generator` after every optimizer step and correct for its sampling.
 
     TRL has no public hook for an outside generator; these are the attributes its own vLLM path sets up. With
@@ -134,6 +161,8 @@ def attach(trainer: Any, generator: "VllmGenerator", constrained: bool) -> None:
     trainer.use_vllm = True
     trainer.vllm_importance_sampling_correction = trainer.vllm_importance_sampling_correction and not constrained
     trainer.vllm_generation = WeightSync(trainer, generator)
-    # The engine starts with the current weights (loaded from them, or from the released checkpoint, which equals the
-    # policy while its adapters are zero), except for NF4 layers: those are sent before the first rollout.
-    trainer._last_loaded_step = -1 if nf4_linears(trainer.model) else trainer.state.global_step
+    # `loaded`: the engine was built from the current weights (colocated; or from the released checkpoint, which equals
+    # the policy while its adapters are zero), so TRL's first sync is skipped; a server may hold another run's weights,
+    # and NF4 layers differ from the checkpoint's, so those are synced before the first rollout (-1 is never a step).
+    synced = loaded and not nf4_linears(trainer.model)
+    trainer._last_loaded_step = trainer.state.global_step if synced else -1

