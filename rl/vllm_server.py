@@ -35,7 +35,7 @@ from torch import nn
 
 from oss_grpo.rl.config import TrainConfig
 from oss_grpo.rl.errors import ConfigError, GeneratorError
-from oss_grpo.rl.generator import ALLOWED_KEY, Completion, Sampling
+from oss_grpo.rl.generator import ALLOWED_KEY, Completion, Sampling, prompt_seeds
 from oss_grpo.rl.harmony import harmony_tokenizer, parse_completion, stop_token_ids
 from oss_grpo.rl.lora_merge_worker import encode_factors, sums
 from oss_grpo.rl.weight_sync import lora_factors
