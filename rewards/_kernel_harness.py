@@ -33,7 +33,7 @@ import triton.runtime.interpreter  # noqa: F401  (what @triton.jit loads under T
 from oss_grpo.envs import kernelgen
 from oss_grpo.envs.kernelgen import KERNEL_TASKS, KernelTask
 from oss_grpo.rewards import _kernel_timer
-from oss_grpo.rewards._kernel_timer import Watch, elapsed_seconds, time_against_reference
+from oss_grpo.rewards._kernel_timer import Watch, elapsed_seconds, poison_, time_against_reference
 
 Spec = dict[str, Any]
 """One tensor as JSON data: `shape`, `dtype` (a torch dtype name), and how to draw it: `kind` "normal" (times
@@ -97,11 +97,8 @@ def draw_inputs(specs: Sequence[Spec], seed: int) -> list[torch.Tensor]:
 
 
 def poisoned(spec: Spec) -> torch.Tensor:
-    """An output buffer a kernel that writes nothing cannot pass with: NaN for floats, 0xA5 bytes otherwise."""
-    dtype = getattr(torch, spec["dtype"])
-    if dtype.is_floating_point:
-        return torch.full(tuple(spec["shape"]), float("nan"), dtype=dtype)
-    return torch.full(tuple(spec["shape"]), 0xA5, dtype=dtype)
+    """A new output buffer of `spec`, poisoned (`_kernel_timer.poison_`)."""
+    return poison_(torch.empty(tuple(spec["shape"]), dtype=getattr(torch, spec["dtype"])))
 
 
 def encode(t: torch.Tensor) -> str:
@@ -183,8 +180,8 @@ def _run(kernel: Callable[..., Any], spec: KernelTask, trials: Sequence[dict], t
         if trial.get("reuse") and inputs:
             for old, new in zip(inputs, fresh, strict=True):
                 old.copy_(new)
-            for buffer, s in zip(outputs, trial["outputs"], strict=True):
-                buffer.copy_(poisoned(s))
+            for buffer in outputs:
+                poison_(buffer)
         else:
             inputs, outputs = fresh, [poisoned(s).to(device) for s in trial["outputs"]]
         try:

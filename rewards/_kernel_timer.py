@@ -65,6 +65,12 @@ class Watch:
         return sorted(changed)
 
 
+def poison_(buffer: torch.Tensor) -> torch.Tensor:
+    """Fill an output buffer, in place, with what a kernel that writes nothing cannot pass with: NaN for floats,
+    0xA5 bytes otherwise; returns it."""
+    return buffer.fill_(float("nan") if buffer.dtype.is_floating_point else 0xA5)
+
+
 def _attributes(namespace: object) -> Mapping[str, Any]:
     """The live mapping of a namespace's attributes: a dict as itself, a module's or class's `__dict__`."""
     return namespace if isinstance(namespace, dict) else vars(namespace)
@@ -112,7 +118,7 @@ def time_against_reference(kernel: Kernel, reference: Kernel, inputs: list[torch
         for t, new in zip(inputs, draw(i), strict=True):
             t.copy_(new)
         for buffer in out:
-            buffer.fill_(float("nan") if buffer.dtype.is_floating_point else 0xA5)  # the harness's poison
+            poison_(buffer)
         spent = {}
         for turn in (("reference", "kernel") if i % 2 == 0 else ("kernel", "reference")):
             arm(turn == "kernel")

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import torch
 from peft import PeftModel
-from peft.tuners.lora import LoraLayer
 from safetensors.torch import save_file
 from torch import nn
 
@@ -27,9 +26,9 @@ from oss_grpo.rl.config import load_config
 from oss_grpo.rl.errors import CheckpointError
 from oss_grpo.rl.moe import PROJECTIONS, Mxfp4Experts
 from oss_grpo.rl.moe_lora import Mxfp4ExpertsLora
-from oss_grpo.rl.nf4 import dense_weight, nf4_linears
+from oss_grpo.rl.nf4 import nf4_linears
 from oss_grpo.rl.policy import load_policy_with_adapter
-from oss_grpo.rl.weight_sync import merged_weight
+from oss_grpo.rl.weight_sync import base_linear, merged_weight
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
@@ -77,10 +76,9 @@ def _merge_nf4_linears(model: PeftModel) -> None:
     """Put in place of each NF4 linear (with its LoRA layer, if any) a dense nn.Linear of W + the adapters' delta."""
     for name in nf4_linears(model):
         module = model.get_submodule(name)
-        linear = module.get_base_layer() if isinstance(module, LoraLayer) else module
+        linear = base_linear(module)
         dense = nn.Linear(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
-        dense.weight = nn.Parameter(merged_weight(module) if isinstance(module, LoraLayer) else dense_weight(linear),
-                                    requires_grad=False)
+        dense.weight = nn.Parameter(merged_weight(module), requires_grad=False)
         dense.bias = linear.bias
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, dense)

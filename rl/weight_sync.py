@@ -40,13 +40,19 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def merged_weight(layer: LoraLayer) -> torch.Tensor:
-    """W + the delta of each active adapter, in W's dtype (the merge PEFT would do, without touching the layer; an NF4
-    W is dequantised, where PEFT would re-quantise the sum)."""
-    weight = dense_weight(layer.get_base_layer())
-    for name in layer.active_adapters:
-        if name in layer.lora_A:
-            weight = weight + layer.get_delta_weight(name).to(weight.dtype)
+def base_linear(module: nn.Module) -> nn.Module:
+    """The linear under PEFT's LoRA layer, or `module` itself when it has no adapter."""
+    return module.get_base_layer() if isinstance(module, LoraLayer) else module
+
+
+def merged_weight(module: nn.Module) -> torch.Tensor:
+    """The dense weight `module` computes with: W + the delta of each active adapter of a LoRA layer, in W's dtype
+    (the merge PEFT would do, without touching the layer), or a plain linear's W; an NF4 W is dequantised, where
+    PEFT would re-quantise the sum."""
+    weight = dense_weight(base_linear(module))
+    for name in module.active_adapters if isinstance(module, LoraLayer) else ():
+        if name in module.lora_A:
+            weight = weight + module.get_delta_weight(name).to(weight.dtype)
     return weight
 
 
@@ -74,8 +80,8 @@ def adapted_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     tensors = {}
     for name in adapted_modules(model):
         module = base.get_submodule(name)
-        linear = module.get_base_layer() if isinstance(module, LoraLayer) else module
-        tensors[f"{name}.weight"] = merged_weight(module) if isinstance(module, LoraLayer) else dense_weight(linear)
+        linear = base_linear(module)
+        tensors[f"{name}.weight"] = merged_weight(module)
         if linear.bias is not None:
             tensors[f"{name}.bias"] = linear.bias.detach()
     return tensors
