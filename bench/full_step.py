@@ -1,6 +1,6 @@
 """One full GRPO step of a gpt-oss-shaped model on one GPU: ours (MXFP4 experts) against the bf16 baseline, same run.
 
-Run on a CUDA machine from the repo root (bench/full_step_gpu.sh installs TRL first where the image lacks it):
+Run on a CUDA machine from the repo root (on the lent GPU `source bench/gpu_env.sh` first: it installs TRL there):
 
     python bench/full_step.py --shape 20b --mode both --json full_step.json
     python bench/full_step.py --shape 120b --mode ours     # load, generate, one short step (or per-part memory + OOM)
@@ -18,8 +18,8 @@ other in one process (each model is freed before the next is built, so each peak
               and LoRA on them through PEFT `target_parameters` (which adds B A to the whole expert weight on every
               forward), transformers' router
 
-Attention, embeddings and LM head are bf16 in both. NF4 attention (bitsandbytes) is another issue's work: it would
-replace the attention nn.Linear modules at the end of `build_model`, before LoRA is attached. Attention runs
+Attention, embeddings and LM head are bf16 in both, or with --load-in-4bit the attention projections NF4 in both
+(rl/nf4.py, before LoRA is attached); --optim adamw_8bit gives both bitsandbytes' 8-bit AdamW. Attention runs
 transformers' eager implementation (the one with sinks that is there without the kernel hub).
 
 The step (`grpo_step`). Each phase runs between device synchronisations and records its seconds and its own peak
@@ -43,7 +43,8 @@ Printed: a markdown table (seconds and peak GiB per phase and mode), decode toke
 next to its memory floor (bytes one decode step must read from HBM, over --hbm-tbs), and the bytes by part (experts,
 dense, LoRA, optimizer). --json writes all of it, rewritten after each mode so a run cut short keeps what finished.
 With --mode both the baseline also scores ours' sampled sequences with its adapters off (untimed): the two modes hold
-the same base weights, so those reference log-probs must agree to bf16 noise, a check of the MXFP4 path at full size.
+the same base weights, so those reference log-probs differ by rounding alone, and `router_gaps` sizes that rounding
+(a random 24-layer MoE amplifies it: the first H100 run found gaps of ~0.7 nats in both, docs/BENCHMARKS.md).
 """
 
 import argparse
@@ -66,7 +67,8 @@ from oss_grpo.kernels.mxfp4 import dequantize
 from oss_grpo.rl.config import TrainConfig
 from oss_grpo.rl.gpt_oss_loader import allocate, meta_model
 from oss_grpo.rl.memory import GIB, MXFP4_BITS, RELEASED, ModelShape, param_counts
-from oss_grpo.rl.moe import PROJECTIONS
+from oss_grpo.rl.moe import PROJECTIONS, Fp32Router
+from oss_grpo.rl.nf4 import adapters_to_fp32, quantize_linears
 from oss_grpo.rl.policy import lora_config
 from oss_grpo.rl.tiny_model import PAD_ID
 
@@ -76,6 +78,8 @@ SHAPES = {
     # gpt-oss shrunk for CPU tests: 2 layers (one sliding, one full), 4 experts top-2, a window shorter than the
     # test's sequences, a vocabulary that still spans two of TRL's 32,768-column LM-head tiles (the second partial).
     "tiny": ModelShape(40_000, 64, 64, 2, 4, 2, 16, 4, 2, 8, 1),
+    # gpt-oss-20b's depth and routing (24 layers, 32 experts top-4, window 128) at a width a CPU runs in seconds.
+    "20b-narrow": ModelShape(32_000, 512, 512, 24, 8, 8, 64, 32, 4, 128, 12),
 }
 ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
 SCALES = (119, 122)
@@ -98,6 +102,10 @@ class Settings:
     """KL coefficient: nonzero so the reference log-probs enter the loss (the project's default is 0)."""
     epsilon: float = 0.2
     compile: bool = False
+    optim: str = "adamw"
+    """`adamw` (torch, float32 moments) or `adamw_8bit` (bitsandbytes' blockwise 8-bit moments, 4x smaller)."""
+    load_in_4bit: bool = False
+    """Attention projections in NF4 through bitsandbytes (rl/nf4.py), in both modes."""
     seed: int = 0
 
     @property
@@ -204,7 +212,10 @@ def as_policy(model: GptOssForCausalLM, mode: str, settings: Settings) -> PeftMo
     from trl.trainer.utils import add_fused_lm_head  # imports datasets: only when a model is made
 
     add_fused_lm_head(model)  # before PEFT wraps it, as TRL does
+    if settings.load_in_4bit:
+        quantize_linears(model)
     model = get_peft_model(model, config)
+    adapters_to_fp32(model)  # PEFT's bitsandbytes layers make bf16 factors; both modes train float32 ones
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
 
@@ -365,6 +376,35 @@ def decode_floor(shape: ModelShape, parts: dict[str, int], settings: Settings, h
     return {name: hbm_bytes_per_s / nbytes for name, nbytes in step.items()} | {"kv_bytes": kv}
 
 
+def make_optimizer(params: list[torch.nn.Parameter], settings: Settings) -> torch.optim.Optimizer:
+    if settings.optim == "adamw_8bit":
+        import bitsandbytes as bnb
+
+        return bnb.optim.AdamW8bit(params, lr=settings.learning_rate)
+    return torch.optim.AdamW(params, lr=settings.learning_rate)
+
+
+def router_gaps(policy: PeftModel, ours: dict, bf16_router_ref: torch.Tensor, new_tokens: int,
+                micro_batch: int, device: torch.device) -> dict:
+    """Score ours' sequences again with the baseline's routers in float32 (as ours), adapters off.
+
+    The two numbers size the log-prob gap between the modes: `ref_logprob_diff_vs_ours_fp32_router` leaves only the
+    expert arithmetic different (our kernels against transformers' bf16 matmuls); `router_bf16_vs_fp32_gap` is the
+    gap between two roundings of the baseline's own router, the same model computed two legitimate ways. A random
+    24-layer MoE amplifies rounding (a different top-4 in one layer changes the rest), so the first gap is judged
+    against the second, not against zero.
+    """
+    for layer in policy.base_model.model.model.layers:
+        bf16 = layer.mlp.router
+        layer.mlp.router = Fp32Router(policy.config).to(device=bf16.weight.device, dtype=bf16.weight.dtype)
+        layer.mlp.router.load_state_dict(bf16.state_dict())
+    with torch.no_grad(), policy.disable_adapter():
+        ref = completion_logprobs(policy, ours["sequences"].to(device), new_tokens, micro_batch).float().cpu()
+    gaps = {"ref_logprob_diff_vs_ours_fp32_router": ref - ours["ref_logprobs"],
+            "router_bf16_vs_fp32_gap": ref - bf16_router_ref}
+    return {name: {"mean": g.abs().mean().item(), "max": g.abs().max().item()} for name, g in gaps.items()}
+
+
 def lora_b_sums(model: torch.nn.Module) -> dict[str, float]:
     """A float64 sum per LoRA B factor: enough to tell which factors a step moved, without copying them."""
     return {name: torch.sum(p.detach(), dtype=torch.float64).item()
@@ -393,10 +433,12 @@ def run_mode(shape: ModelShape, mode: str, settings: Settings, device: torch.dev
         trainable = [p for p in policy.parameters() if p.requires_grad]
         result["lora_params"] = sum(p.numel() for p in trainable)
         result["lora_dtypes"] = sorted({str(p.dtype) for p in trainable})
-        optimizer = torch.optim.AdamW(trainable, lr=settings.learning_rate)
+        optimizer = make_optimizer(trainable, settings)
         if device.type == "cuda":
             with phases.measure("warm-up"):
-                warm_up = dataclasses.replace(settings, new_tokens=2)
+                # 2 new tokens compile Triton's kernels; a compiled decode is specialised on the static cache's
+                # length, so with --compile the warm-up generates the full length (the CUDA graphs are recorded then)
+                warm_up = settings if settings.compile else dataclasses.replace(settings, new_tokens=2)
                 grpo_step(policy, optimizer, warm_up, shape.vocab_size, Phases(device))
         before = lora_b_sums(policy)
         result.update(grpo_step(policy, optimizer, settings, shape.vocab_size, phases))
@@ -407,6 +449,8 @@ def run_mode(shape: ModelShape, mode: str, settings: Settings, device: torch.dev
                                           settings.micro_batch).float().cpu()
             diff = (ref - earlier["ref_logprobs"]).abs()
             result[f"ref_logprob_diff_vs_{earlier['mode']}"] = {"mean": diff.mean().item(), "max": diff.max().item()}
+            if mode == "baseline":
+                result.update(router_gaps(policy, earlier, ref, result["new_tokens"], settings.micro_batch, device))
         after = lora_b_sums(policy)
         result["lora_b_factors"] = len(before)
         result["expert_lora_b_factors"] = sum(".experts." in name for name in before)
@@ -435,7 +479,7 @@ def markdown(report: dict) -> str:
              f" trl {report['versions']['trl']}; gpt-oss-{report['shape']} shape, random weights; {s['prompts']} prompts"
              f" x {s['group']} completions, {s['prompt_tokens']} prompt + {s['new_tokens']} new tokens, micro-batch"
              f" {s['micro_batch']}, LoRA r{s['rank']} (experts: {s['lora_experts']}), beta {s['beta']}"
-             f", compile {s['compile']}", "",
+             f", compile {s['compile']}, optimizer {s['optim']}, NF4 attention {s['load_in_4bit']}", "",
              "| phase | " + " | ".join(f"{m} s | {m} peak GiB" for m in modes) + " |",
              "|---|" + "---:|---:|" * len(modes)]
     for name in ("build", "warm-up", *STEP, "step"):
@@ -465,9 +509,9 @@ def markdown(report: dict) -> str:
             moved = r["lora_b_factors"] - len(r["lora_b_unchanged_by_step"])
             lines.append(f"- {mode}: LoRA B factors the step moved: {moved} of {r['lora_b_factors']}"
                          f" ({r['expert_lora_b_factors']} on experts)")
-        for key in [k for k in r if k.startswith("ref_logprob_diff_vs_")]:
-            lines.append(f"- {mode}: reference log-probs of {key.removeprefix('ref_logprob_diff_vs_')}'s sequences,"
-                         f" |difference| mean {r[key]['mean']:.2g}, max {r[key]['max']:.2g} (same base weights)")
+        for key in [k for k in r if k.startswith("ref_logprob_diff_vs_") or k == "router_bf16_vs_fp32_gap"]:
+            lines.append(f"- {mode}: reference log-probs {key}: |difference| mean {r[key]['mean']:.2g},"
+                         f" max {r[key]['max']:.2g} (same base weights)")
         if "loss" in r:
             lines.append(f"- {mode}: loss {r['loss']:.4g}, grad norm {r['grad_norm']:.4g}, optimizer state"
                          f" {r['optimizer_state_bytes'] / GIB:.2f} GiB")
@@ -490,12 +534,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--no-lora-experts", dest="lora_experts", action="store_false", help="LoRA on attention only")
     parser.add_argument("--compile", action="store_true", help="let generate torch.compile the decode (CUDA graphs)")
+    parser.add_argument("--optim", choices=["adamw", "adamw_8bit"], default="adamw")
+    parser.add_argument("--load-in-4bit", action="store_true", help="NF4 attention projections (bitsandbytes)")
     parser.add_argument("--hbm-tbs", type=float, default=3.35, help="HBM bandwidth for the floor (H100 SXM: 3.35)")
     parser.add_argument("--json", type=Path, help="write the report here (rewritten after each mode)")
     args = parser.parse_args(argv)
     given = {name: getattr(args, name) for name in DEFAULTS[args.shape] if getattr(args, name) is not None}
     settings = Settings(**(DEFAULTS[args.shape] | given), rank=args.rank, lora_experts=args.lora_experts,
-                        compile=args.compile)
+                        compile=args.compile, optim=args.optim, load_in_4bit=args.load_in_4bit)
     device = torch.device(args.device)
     import trl
 

@@ -27,11 +27,12 @@ from transformers import GptOssForCausalLM
 from oss_grpo.rl.errors import ConfigError
 
 
-def require_bitsandbytes() -> None:
-    """Fail before any weight is loaded when bitsandbytes is missing (it is the `gpu` extra, not a dependency)."""
+def require_bitsandbytes(setting: str) -> None:
+    """Fail before any weight is loaded when `setting` (e.g. "load_in_4bit=true") needs bitsandbytes and it is missing
+    (it is the `gpu` extra, not a dependency)."""
     if importlib.util.find_spec("bitsandbytes") is None:
-        raise ConfigError("load_in_4bit=true: the NF4 attention needs bitsandbytes (pip install 'oss-grpo[gpu]' or "
-                          "pip install bitsandbytes); or set load_in_4bit=false to keep it in the model dtype")
+        raise ConfigError(f"{setting}: needs bitsandbytes (pip install 'oss-grpo[gpu]' or pip install bitsandbytes); "
+                          "or change that setting")
 
 
 def quantize_linears(model: GptOssForCausalLM) -> GptOssForCausalLM:

@@ -34,7 +34,9 @@ def checkpoint_folder(model: str) -> Path:
 def load_policy(config: TrainConfig) -> PreTrainedModel:
     """The base policy of `config`: MXFP4 experts if asked, NF4 attention if asked, no adapters yet."""
     if config.load_in_4bit:
-        require_bitsandbytes()
+        require_bitsandbytes("load_in_4bit=true")
+    if config.optim == "adamw_8bit":
+        require_bitsandbytes("optim=adamw_8bit")
     model = _base_model(config)
     return quantize_linears(model) if config.load_in_4bit else model
 

@@ -62,7 +62,8 @@ def grpo_args(config: TrainConfig, use_cpu: bool, processes: int = 1):
         learning_rate=config.learning_rate, lr_scheduler_type="constant", max_grad_norm=config.max_grad_norm,
         max_steps=config.max_steps, gradient_checkpointing=config.gradient_checkpointing,
         reward_weights=list(config.rewards.values()), save_steps=config.save_steps, logging_steps=1,
-        report_to=config.report_to, disable_tqdm=False, optim="adamw_torch",
+        report_to=config.report_to, disable_tqdm=False,
+        optim={"adamw": "adamw_torch", "adamw_8bit": "adamw_bnb_8bit"}[config.optim],
         # Under DDP: the buffers are frozen weights (MXFP4 experts: GBs), equal on every process by construction, so
         # they are not broadcast before each forward; every adapter takes part in every step (expert LoRA is one
         # tensor per projection), so DDP need not search the graph for unused ones.

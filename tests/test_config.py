@@ -85,7 +85,9 @@ def test_config_docs_are_generated_from_the_dataclass(repo: Path) -> None:
         "docs/CONFIG.md is stale: run python -m oss_grpo.rl.config > docs/CONFIG.md"
 
 
-def test_nf4_without_bitsandbytes_is_a_config_error_before_any_weight_is_built(monkeypatch) -> None:
+def test_bitsandbytes_settings_without_it_are_config_errors_before_any_weight_is_built(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # what importlib sees when it is not installed
-    with pytest.raises(ConfigError, match=r"load_in_4bit=true: .* needs bitsandbytes \(pip install"):
+    with pytest.raises(ConfigError, match=r"load_in_4bit=true: needs bitsandbytes \(pip install"):
         load_policy(TrainConfig(load_in_4bit=True))
+    with pytest.raises(ConfigError, match=r"optim=adamw_8bit: needs bitsandbytes \(pip install"):
+        load_policy(TrainConfig(optim="adamw_8bit"))

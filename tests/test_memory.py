@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from oss_grpo.rl.config import load_config
+from oss_grpo.rl.config import TrainConfig, load_config
 from oss_grpo.rl.errors import ConfigError
-from oss_grpo.rl.memory import (GIB, NF4_BITS, RELEASED, estimate_memory, memory_report, model_shape, param_counts,
-                                shape_from_config)
+from oss_grpo.rl.memory import (GIB, NF4_BITS, RELEASED, estimate_memory, lora_params, memory_report, model_shape,
+                                param_counts, shape_from_config)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -46,8 +46,28 @@ def test_weights_kv_and_adapters_match_hand_arithmetic(name: str, experts: int, 
     # KV: 32 sequences of 266 + 1024 = 1290 positions; a position costs K and V of 8 heads x 64 x 2 bytes = 2048
     # bytes per layer; half the layers are full (1290 positions), half slide over 128.
     assert est.kv_cache == 32 * 2048 * (layers // 2 * 1290 + layers // 2 * 128)
-    # LoRA r16 on q (2880 -> 4096), k and v (2880 -> 512), o (4096 -> 2880): 331,776 per layer, 16 bytes each.
-    assert est.adapters_and_optimizer == layers * 331_776 * 16
+    # LoRA r16 on q (2880 -> 4096), k and v (2880 -> 512), o (4096 -> 2880): 331,776 per layer; fp32 weight and
+    # gradient, and the config's 8-bit AdamW keeps each moment in one byte: 4 + 4 + 1 + 1 bytes (torch's: 16).
+    assert config.optim == "adamw_8bit" and est.adapters_and_optimizer == layers * 331_776 * 10
+    fp32_adam = estimate_memory(dataclasses.replace(config, optim="adamw"), model_shape(config), 266)
+    assert fp32_adam.adapters_and_optimizer == layers * 331_776 * 16
+
+
+@pytest.mark.parametrize("settings, measured_gib", [
+    (dict(micro_batch_size=8), 23.25),  # run 1: AdamW, bf16 attention
+    (dict(micro_batch_size=1, load_in_4bit=True, optim="adamw_8bit"), 16.37),  # run 3
+])
+def test_estimate_is_within_10_percent_of_the_measured_h100_step(settings: dict, measured_gib: float) -> None:
+    """bench/full_step.py's gpt-oss-20b step on an H100 (docs/BENCHMARKS.md, 2026-11-23): peak max_memory_allocated
+    of ours, 4 x 8 completions of 128 + 1,024 tokens, LoRA r16 on attention and experts. Its 184,909,824 LoRA
+    parameters, counted there from the PEFT model, are what lora_params gives."""
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "experts"]
+    config = TrainConfig(model="openai/gpt-oss-20b", dtype="bfloat16", lora_target_modules=targets, lora_r=16,
+                         prompts_per_step=4, group_size=8, max_completion_tokens=1024, **settings)
+    shape = model_shape(config)
+    assert lora_params(shape, targets, 16) == (184_909_824, [])
+    estimate = estimate_memory(config, shape, prompt_tokens=128)
+    assert abs(estimate.total / GIB - measured_gib) < 0.1 * measured_gib, estimate
 
 
 def test_activations_of_the_20b_strategy_config_match_hand_arithmetic() -> None:
@@ -115,7 +135,8 @@ def test_vllm_engine_replaces_the_kv_cache_with_its_share_of_the_gpu() -> None:
 
 def test_warning_when_it_does_not_fit() -> None:
     config = load_config(CONFIGS / "2048.yaml")
-    report, fits = memory_report(estimate_memory(config, model_shape(config), 266), 16 * GIB)
+    estimate = estimate_memory(config, model_shape(config), 266)
+    report, fits = memory_report(estimate, 0.95 * estimate.total)
     assert not fits and "WARNING: this run will likely not fit" in report
     assert "GPU budget" not in memory_report(estimate_memory(config, model_shape(config), 266), None)[0]
 

@@ -31,6 +31,24 @@ def test_completion_only_scoring_gives_the_same_logprobs(monkeypatch) -> None:
     assert model.lm_head.weight.grad.abs().sum() > 0
 
 
+def test_optim_picks_the_optimizer_the_trainer_builds() -> None:
+    """`optim` reaches transformers' Trainer as the optimizer it instantiates: bitsandbytes' AdamW in 8 bits, whose
+    moments are then one byte a weight."""
+    from transformers import Trainer
+
+    bnb = pytest.importorskip("bitsandbytes", reason="adamw_8bit needs bitsandbytes (the gpu extra; CI has it)")
+    cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(grpo_args(TrainConfig(), use_cpu=True))
+    assert cls is torch.optim.AdamW
+    cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(grpo_args(TrainConfig(optim="adamw_8bit"), use_cpu=True))
+    assert cls is bnb.optim.AdamW and kwargs["optim_bits"] == 8
+    param = torch.nn.Parameter(torch.randn(64, 128))  # >= 4096 weights: bitsandbytes quantises its moments
+    optimizer = cls([param], **kwargs)
+    param.grad = torch.randn_like(param)
+    before = param.detach().clone()
+    optimizer.step()
+    assert optimizer.state[param]["state1"].dtype == torch.uint8 and not torch.equal(param, before)
+
+
 def test_each_process_trains_on_its_share_of_the_batch() -> None:
     """prompts_per_step * group_size is the step's whole batch for any number of data-parallel processes."""
     config = TrainConfig(prompts_per_step=4, group_size=4, micro_batch_size=4)

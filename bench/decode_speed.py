@@ -1,0 +1,197 @@
+"""Where the rollout time of a gpt-oss-20b-shaped policy goes on one GPU, and whether torch.compile pays (issue #7).
+
+    python bench/decode_speed.py --shape 20b --batch 32 --new-tokens 256 --json decode.json   # on the lent H100
+    python bench/decode_speed.py --shape tiny --device cpu --new-tokens 4                     # what the test runs
+
+bench/full_step.py's first H100 run decoded at 7 tokens/s per sequence (batch 32), 40x under the floor that HBM
+bandwidth allows. This script says why and measures the fix, on the same model (`full_step.build_model`, ours: MXFP4
+experts, PEFT LoRA r16 on attention and experts, as the step trains it):
+
+    eager     transformers `generate`, static KV cache, no compilation (what the step ran)
+    compile   the same with transformers' own compilation of the decode step (torch.compile, mode
+              "reduce-overhead": CUDA graphs); warmed up once at the same length, so compiling is not timed
+    profile   torch.profiler over a short eager generation: the ops with the most GPU time and the most host time,
+              and the GPU's busy fraction (kernel time over wall time): far under 1 means the host is the bottleneck
+    syncs     host synchronisations per decode step (torch.cuda.set_sync_debug_mode), each with its Python line
+    parity    ours against the bf16 baseline model (same weights) on one random batch, with transformers' bf16 router
+              and with our float32 router put into the baseline, and those two baselines against each other: the
+              model's own sensitivity to rounding, which the gap between ours and the baseline is judged against
+
+The parity's growth with depth, on the CPU (docs/BENCHMARKS.md):
+
+    python bench/decode_speed.py --device cpu --shape 20b-narrow --layers 6 --parts parity --parity-tokens 256
+"""
+
+import argparse
+import dataclasses
+import json
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+from full_step import SHAPES, Settings, as_policy, build_model, generate
+from oss_grpo.rl.moe import Fp32Router
+
+
+def timed_generate(model, prompt_ids: torch.Tensor, settings: Settings) -> tuple[torch.Tensor, float]:
+    """`generate` between two device synchronisations: (sequences, seconds)."""
+    if prompt_ids.is_cuda:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    out = generate(model, prompt_ids, settings)
+    if prompt_ids.is_cuda:
+        torch.cuda.synchronize()
+    return out, time.perf_counter() - start
+
+
+def speed(model, prompt_ids: torch.Tensor, settings: Settings) -> dict:
+    """Tokens/s per sequence of one warmed-up, seeded generation (prefill included), and its first 8 tokens.
+
+    The warm-up compiles Triton's kernels, and with `compile` records the CUDA graphs: at the same length, since the
+    static cache's size is part of what is compiled."""
+    timed_generate(model, prompt_ids, settings if settings.compile else dataclasses.replace(settings, new_tokens=2))
+    torch.manual_seed(settings.seed)
+    sequences, seconds = timed_generate(model, prompt_ids, settings)
+    return {"seconds": seconds, "tokens_per_s_per_sequence": settings.new_tokens / seconds,
+            "ms_per_token": 1e3 * seconds / settings.new_tokens,
+            "first_tokens": sequences[:, prompt_ids.shape[1] : prompt_ids.shape[1] + 8].tolist()}
+
+
+def profile(model, prompt_ids: torch.Tensor, settings: Settings, rows: int = 12) -> dict:
+    """Top ops by GPU time and by host time over a short eager generation, and the GPU's busy fraction."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    short = dataclasses.replace(settings, new_tokens=8, compile=False)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if prompt_ids.is_cuda else [])
+    with torch_profile(activities=activities) as prof:
+        _, seconds = timed_generate(model, prompt_ids, short)
+    events = prof.key_averages()
+    busy = sum(e.self_device_time_total for e in events) / 1e6
+    table = {key: [{"op": e.key[:60], "calls": e.count, "self_gpu_ms": e.self_device_time_total / 1e3,
+                    "self_cpu_ms": e.self_cpu_time_total / 1e3}
+                   for e in sorted(events, key=lambda e: -getattr(e, key))[:rows]]
+             for key in ("self_device_time_total", "self_cpu_time_total")}
+    ops = sum(e.count for e in events if e.key.startswith("aten::"))
+    return {"wall_s": seconds, "gpu_busy_s": busy, "busy_fraction": busy / seconds, "tokens": short.new_tokens,
+            "aten_calls_per_token": ops / short.new_tokens,
+            "by_gpu": table["self_device_time_total"], "by_cpu": table["self_cpu_time_total"]}
+
+
+def syncs(model, prompt_ids: torch.Tensor, settings: Settings) -> dict:
+    """Host synchronisations of a 3-token eager generation, counted by Python line."""
+    short = dataclasses.replace(settings, new_tokens=3, compile=False)
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            generate(model, prompt_ids, short)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    lines: dict[str, int] = {}
+    for w in caught:
+        if "synchroniz" in str(w.message):
+            where = f"{w.filename.split('site-packages/')[-1]}:{w.lineno}"
+            lines[where] = lines.get(where, 0) + 1
+    return {"per_3_tokens": sum(lines.values()), "by_line": dict(sorted(lines.items(), key=lambda kv: -kv[1]))}
+
+
+def completion_logprobs(model, ids: torch.Tensor) -> torch.Tensor:
+    """Log-prob of every next token of `ids` [B, L] under `model` (plain logits: one small batch)."""
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits.float()
+    return torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None])[..., 0]
+
+
+def parity(shape, device: torch.device, tokens: int, seed: int = 0) -> dict:
+    """Ours against the baseline on one random batch: log-prob gaps, and how often the routers pick different
+    experts for the same (layer-0) input."""
+    ids = torch.randint(0, 200_000 if shape.vocab_size > 200_000 else shape.vocab_size - 1, (4, tokens),
+                        generator=torch.Generator().manual_seed(seed)).to(device)
+    ours = build_model(shape, "ours", device, seed)
+    ours_logps = completion_logprobs(ours, ids)
+    hidden = ours.model.layers[0].post_attention_layernorm(ours.model.embed_tokens(ids).view(-1, shape.hidden_size))
+    fp32_picks = ours.model.layers[0].mlp.router(hidden)[2]
+    del ours
+    base = build_model(shape, "baseline", device, seed)
+    bf16_picks = base.model.layers[0].mlp.router(hidden)[2]
+    gaps = {"bf16_router": completion_logprobs(base, ids) - ours_logps}
+    for layer in base.model.layers:
+        router = Fp32Router(base.config).to(device=device, dtype=layer.mlp.router.weight.dtype)
+        router.load_state_dict(layer.mlp.router.state_dict())
+        layer.mlp.router = router
+    gaps["fp32_router"] = completion_logprobs(base, ids) - ours_logps
+    gaps["baseline_bf16_vs_fp32_router"] = gaps["bf16_router"] - gaps["fp32_router"]  # the model's own rounding gap
+    same = (fp32_picks.sort(-1).values == bf16_picks.sort(-1).values).all(-1)
+    return {"tokens": ids.numel(), "logprob_mean": ours_logps.mean().item(), "logprob_std": ours_logps.std().item(),
+            "layer0_expert_sets_differ": 1 - same.float().mean().item()} | {
+        f"gap_{name}": {"mean": g.abs().mean().item(), "max": g.abs().max().item()} for name, g in gaps.items()}
+
+
+def measure_generation(shape, device: torch.device, settings: Settings, parts: list[str], save) -> None:
+    """The generation parts on the policy as the step trains it (ours, LoRA on attention and experts)."""
+    model = as_policy(build_model(shape, "ours", device), "ours", settings).eval()
+    prompt_ids = torch.randint(0, min(shape.vocab_size - 1, 199_000), (settings.batch, settings.prompt_tokens),
+                               generator=torch.Generator().manual_seed(0)).to(device)
+    results = {}
+    for part in parts:
+        try:
+            if part == "eager":
+                results[part] = speed(model, prompt_ids, settings)
+            elif part == "compile":
+                results[part] = speed(model, prompt_ids, dataclasses.replace(settings, compile=True))
+            elif part == "profile":
+                results[part] = profile(model, prompt_ids, settings)
+            elif part == "syncs" and device.type == "cuda":
+                results[part] = syncs(model, prompt_ids, settings)
+        except Exception as err:  # a bench part that fails is reported, and the others still run
+            results[part] = {"error": f"{type(err).__name__}: {err}"[:2000]}
+        if part in results:
+            save(part, results[part])
+    if "first_tokens" in results.get("eager", {}) and "first_tokens" in results.get("compile", {}):
+        rows = zip(results["eager"]["first_tokens"], results["compile"]["first_tokens"])
+        save("compile_rows_matching_eager_first_8_tokens", sum(a == b for a, b in rows) / settings.batch)
+    del model
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", choices=list(SHAPES), default="20b")
+    parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--prompt-tokens", type=int, default=128)
+    parser.add_argument("--new-tokens", type=int, default=256)
+    parser.add_argument("--parity-tokens", type=int, default=512)
+    parser.add_argument("--layers", type=int, help="keep the shape but with this many layers (half sliding)")
+    parser.add_argument("--parts", default="eager,profile,syncs,compile,parity")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    device, shape, parts = torch.device(args.device), SHAPES[args.shape], args.parts.split(",")
+    if args.layers:
+        shape = dataclasses.replace(shape, num_hidden_layers=args.layers, sliding_layers=args.layers // 2)
+    settings = Settings(prompts=args.batch, group=1, prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens,
+                        micro_batch=args.batch)
+    report: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU",
+                    "torch": torch.__version__, "shape": dataclasses.asdict(shape),
+                    "settings": dataclasses.asdict(settings)}
+
+    def save(part: str, value: object) -> None:
+        report[part] = value
+        print(part, json.dumps(value, indent=1)[:3000], flush=True)
+        if args.json:
+            args.json.write_text(json.dumps(report, indent=1))
+
+    speed_parts = [p for p in parts if p != "parity"]
+    if speed_parts:
+        measure_generation(shape, device, settings, speed_parts, save)
+    if "parity" in parts:  # after the policy is gone: it builds both full models
+        save("parity", parity(shape, device, args.parity_tokens))
+    return report
+
+
+if __name__ == "__main__":
+    main()
