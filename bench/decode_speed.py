@@ -10,6 +10,10 @@ experts, PEFT LoRA r16 on attention and experts, as the step trains it):
     eager     transformers `generate`, static KV cache, no compilation (what the step ran)
     compile   the same with transformers' own compilation of the decode step (torch.compile, mode
               "reduce-overhead": CUDA graphs); warmed up once at the same length, so compiling is not timed
+    forced    whether the compiled decode computes what eager does: both generate the same random tokens, forced
+              by a logits processor, and the model's next-token distributions are compared step by step (sampled
+              tokens cannot tell: a random model's distribution is nearly uniform over 201k tokens, so noise of
+              bf16 size moves an inverse-CDF draw to another token)
     profile   torch.profiler over a short eager generation: the ops with the most GPU time and the most host time,
               and the GPU's busy fraction (kernel time over wall time): far under 1 means the host is the bottleneck
     syncs     host synchronisations per decode step (torch.cuda.set_sync_debug_mode), each with its Python line
@@ -30,6 +34,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from full_step import SHAPES, Settings, as_policy, build_model, generate
 from oss_grpo.rl.moe import Fp32Router
@@ -98,6 +103,54 @@ def syncs(model, prompt_ids: torch.Tensor, settings: Settings) -> dict:
     return {"per_3_tokens": sum(lines.values()), "by_line": dict(sorted(lines.items(), key=lambda kv: -kv[1]))}
 
 
+class ForcedTokens(LogitsProcessor):
+    """Makes greedy `generate` emit `tokens[:, t]` at step t whatever the model says, and keeps the model's own
+    log-probs for the first `keep` steps: two runs then decode identical inputs, so their distributions compare."""
+
+    def __init__(self, tokens: torch.Tensor, prompt_length: int, keep: int) -> None:
+        self.tokens, self.prompt_length, self.keep = tokens, prompt_length, keep
+        self.logprobs: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        step = input_ids.shape[1] - self.prompt_length
+        if step < self.keep:
+            self.logprobs.append(scores.float().log_softmax(-1))
+        return torch.full_like(scores, float("-inf")).scatter_(-1, self.tokens[:, step : step + 1], 0.0)
+
+
+def forced_logprobs(model, prompt_ids: torch.Tensor, settings: Settings, tokens: torch.Tensor,
+                    keep: int) -> torch.Tensor:
+    """`[B, keep, V]` next-token log-probs while generating `tokens` `[B, new_tokens]` (eager or compiled)."""
+    forced = ForcedTokens(tokens, prompt_ids.shape[1], keep)
+    config = GenerationConfig(do_sample=False, max_new_tokens=settings.new_tokens, min_new_tokens=settings.new_tokens,
+                              pad_token_id=model.config.pad_token_id, cache_implementation="static",
+                              disable_compile=not settings.compile)
+    model.generate(input_ids=prompt_ids, attention_mask=torch.ones_like(prompt_ids), generation_config=config,
+                   logits_processor=LogitsProcessorList([forced]))
+    return torch.stack(forced.logprobs, 1)
+
+
+def logprob_gap(a: torch.Tensor, b: torch.Tensor, tokens: torch.Tensor) -> dict:
+    """Two `[B, T, V]` log-prob sets of the same decoding: the forced tokens' |difference|, KL(a || b) per step,
+    and how often the two argmaxes agree."""
+    picked = (a.gather(-1, tokens[..., None]) - b.gather(-1, tokens[..., None])).abs()
+    kl = (a.exp() * (a - b)).sum(-1)
+    return {"forced_token_gap_mean": picked.mean().item(), "forced_token_gap_max": picked.max().item(),
+            "kl_mean": kl.mean().item(), "kl_max": kl.max().item(),
+            "argmax_agreement": (a.argmax(-1) == b.argmax(-1)).float().mean().item()}
+
+
+def compiled_vs_eager(model, prompt_ids: torch.Tensor, settings: Settings, keep: int = 64) -> dict:
+    """`logprob_gap` of eager against compiled decoding on the same random tokens (step 0 is the eager prefill in
+    both; compilation serves the steps after it)."""
+    vocab = model.config.vocab_size
+    tokens = torch.randint(0, min(vocab - 1, 199_000), (prompt_ids.shape[0], settings.new_tokens),
+                           generator=torch.Generator().manual_seed(1)).to(prompt_ids.device)
+    eager = forced_logprobs(model, prompt_ids, dataclasses.replace(settings, compile=False), tokens, keep)
+    compiled = forced_logprobs(model, prompt_ids, dataclasses.replace(settings, compile=True), tokens, keep)
+    return {"steps": keep} | logprob_gap(eager, compiled, tokens[:, :keep])
+
+
 def completion_logprobs(model, ids: torch.Tensor) -> torch.Tensor:
     """Log-prob of every next token of `ids` [B, L] under `model` (plain logits: one small batch)."""
     with torch.no_grad():
@@ -142,6 +195,8 @@ def measure_generation(shape, device: torch.device, settings: Settings, parts: l
                 results[part] = speed(model, prompt_ids, settings)
             elif part == "compile":
                 results[part] = speed(model, prompt_ids, dataclasses.replace(settings, compile=True))
+            elif part == "forced":
+                results[part] = compiled_vs_eager(model, prompt_ids, settings)
             elif part == "profile":
                 results[part] = profile(model, prompt_ids, settings)
             elif part == "syncs" and device.type == "cuda":
@@ -167,7 +222,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--parity-tokens", type=int, default=512)
     parser.add_argument("--layers", type=int, help="keep the shape but with this many layers (half sliding)")
-    parser.add_argument("--parts", default="eager,profile,syncs,compile,parity")
+    parser.add_argument("--parts", default="eager,profile,syncs,compile,forced,parity")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     device, shape, parts = torch.device(args.device), SHAPES[args.shape], args.parts.split(",")

@@ -98,3 +98,25 @@ def test_decode_speed_parts_report_on_the_step_model(tmp_path: Path) -> None:
     assert report["profile"]["aten_calls_per_token"] > 0 and report["profile"]["by_cpu"]
     for key in ("gap_bf16_router", "gap_fp32_router"):
         assert 0 < report["parity"][key]["mean"] < 0.01, report["parity"]
+
+
+def test_forced_decoding_compares_two_runs_distributions_and_can_fail() -> None:
+    """decode_speed's check of compiled against eager decoding, with two eager runs here (no CUDA graphs on a CPU):
+    the same model gives the same distributions at every step, a changed adapter does not."""
+    settings = full_step.Settings(prompts=3, group=1, prompt_tokens=6, new_tokens=5, micro_batch=3)
+    policy = full_step.as_policy(full_step.build_model(TINY, "ours", CPU, dtype=torch.float32), "ours", settings)
+    policy.eval()
+    prompts = torch.randint(0, TINY.vocab_size - 1, (3, 6), generator=torch.Generator().manual_seed(0))
+    tokens = torch.randint(0, TINY.vocab_size - 1, (3, 5), generator=torch.Generator().manual_seed(1))
+    first = decode_speed.forced_logprobs(policy, prompts, settings, tokens, keep=4)
+    assert first.shape == (3, 4, TINY.vocab_size)
+    same = decode_speed.logprob_gap(first, decode_speed.forced_logprobs(policy, prompts, settings, tokens, 4),
+                                    tokens[:, :4])
+    assert same["forced_token_gap_max"] == 0 and same["kl_max"] == 0 and same["argmax_agreement"] == 1
+    with torch.no_grad():
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.5)
+    moved = decode_speed.logprob_gap(first, decode_speed.forced_logprobs(policy, prompts, settings, tokens, 4),
+                                     tokens[:, :4])
+    assert moved["forced_token_gap_mean"] > 1e-3 and moved["kl_mean"] > 1e-4, moved
