@@ -37,7 +37,7 @@ import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from full_step import SHAPES, Settings, as_policy, build_model, generate
-from oss_grpo.rl.moe import Fp32Router
+from oss_grpo.rl.moe import use_fp32_routers
 
 
 def timed_generate(model, prompt_ids: torch.Tensor, settings: Settings) -> tuple[torch.Tensor, float]:
@@ -151,7 +151,7 @@ def compiled_vs_eager(model, prompt_ids: torch.Tensor, settings: Settings, keep:
     return {"steps": keep} | logprob_gap(eager, compiled, tokens[:, :keep])
 
 
-def completion_logprobs(model, ids: torch.Tensor) -> torch.Tensor:
+def next_token_logprobs(model, ids: torch.Tensor) -> torch.Tensor:
     """Log-prob of every next token of `ids` [B, L] under `model` (plain logits: one small batch)."""
     with torch.no_grad():
         logits = model(input_ids=ids).logits.float()
@@ -164,18 +164,15 @@ def parity(shape, device: torch.device, tokens: int, seed: int = 0) -> dict:
     ids = torch.randint(0, 200_000 if shape.vocab_size > 200_000 else shape.vocab_size - 1, (4, tokens),
                         generator=torch.Generator().manual_seed(seed)).to(device)
     ours = build_model(shape, "ours", device, seed)
-    ours_logps = completion_logprobs(ours, ids)
+    ours_logps = next_token_logprobs(ours, ids)
     hidden = ours.model.layers[0].post_attention_layernorm(ours.model.embed_tokens(ids).view(-1, shape.hidden_size))
     fp32_picks = ours.model.layers[0].mlp.router(hidden)[2]
     del ours
     base = build_model(shape, "baseline", device, seed)
     bf16_picks = base.model.layers[0].mlp.router(hidden)[2]
-    gaps = {"bf16_router": completion_logprobs(base, ids) - ours_logps}
-    for layer in base.model.layers:
-        router = Fp32Router(base.config).to(device=device, dtype=layer.mlp.router.weight.dtype)
-        router.load_state_dict(layer.mlp.router.state_dict())
-        layer.mlp.router = router
-    gaps["fp32_router"] = completion_logprobs(base, ids) - ours_logps
+    gaps = {"bf16_router": next_token_logprobs(base, ids) - ours_logps}
+    use_fp32_routers(base)
+    gaps["fp32_router"] = next_token_logprobs(base, ids) - ours_logps
     gaps["baseline_bf16_vs_fp32_router"] = gaps["bf16_router"] - gaps["fp32_router"]  # the model's own rounding gap
     same = (fp32_picks.sort(-1).values == bf16_picks.sort(-1).values).all(-1)
     return {"tokens": ids.numel(), "logprob_mean": ours_logps.mean().item(), "logprob_std": ours_logps.std().item(),

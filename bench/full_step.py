@@ -67,7 +67,7 @@ from oss_grpo.kernels.mxfp4 import dequantize
 from oss_grpo.rl.config import TrainConfig
 from oss_grpo.rl.gpt_oss_loader import allocate, meta_model
 from oss_grpo.rl.memory import GIB, MXFP4_BITS, RELEASED, ModelShape, param_counts
-from oss_grpo.rl.moe import PROJECTIONS, Fp32Router
+from oss_grpo.rl.moe import PROJECTIONS, use_fp32_routers
 from oss_grpo.rl.nf4 import adapters_to_fp32, quantize_linears
 from oss_grpo.rl.policy import lora_config
 from oss_grpo.rl.tiny_model import PAD_ID
@@ -394,10 +394,7 @@ def router_gaps(policy: PeftModel, ours: dict, bf16_router_ref: torch.Tensor, ne
     24-layer MoE amplifies rounding (a different top-4 in one layer changes the rest), so the first gap is judged
     against the second, not against zero.
     """
-    for layer in policy.base_model.model.model.layers:
-        bf16 = layer.mlp.router
-        layer.mlp.router = Fp32Router(policy.config).to(device=bf16.weight.device, dtype=bf16.weight.dtype)
-        layer.mlp.router.load_state_dict(bf16.state_dict())
+    use_fp32_routers(policy.get_base_model())
     with torch.no_grad(), policy.disable_adapter():
         ref = completion_logprobs(policy, ours["sequences"].to(device), new_tokens, micro_batch).float().cpu()
     gaps = {"ref_logprob_diff_vs_ours_fp32_router": ref - ours["ref_logprobs"],

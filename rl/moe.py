@@ -99,6 +99,14 @@ class Mxfp4Experts(nn.Module):
         return expert_linear(x, blocks, scales, groups, getattr(self, f"{proj}_bias").to(compute), lora.get(proj))
 
 
+def use_fp32_routers(model: GptOssForCausalLM) -> None:
+    """Put in every layer of `model` an `Fp32Router` holding that layer's router weights, in place."""
+    for layer in model.model.layers:
+        old = layer.mlp.router
+        layer.mlp.router = Fp32Router(model.config).to(device=old.weight.device, dtype=old.weight.dtype)
+        layer.mlp.router.load_state_dict(old.state_dict())
+
+
 def swap_experts(
     model: GptOssForCausalLM, checkpoint: Mapping[str, torch.Tensor] | None = None
 ) -> GptOssForCausalLM:
@@ -108,11 +116,9 @@ def swap_experts(
     `model.layers.0.mlp.experts.gate_up_proj_blocks`) when it has them, else from quantising the layer's current
     experts. Biases and the swiglu constants always come from the layer.
     """
+    use_fp32_routers(model)
     for i, layer in enumerate(model.model.layers):
         mlp = layer.mlp
-        router = Fp32Router(model.config).to(device=mlp.router.weight.device, dtype=mlp.router.weight.dtype)
-        router.load_state_dict(mlp.router.state_dict())
-        mlp.router = router
         prefix = f"model.layers.{i}.mlp.experts."
         if checkpoint is not None and f"{prefix}gate_up_proj_blocks" in checkpoint:
             old = mlp.experts
