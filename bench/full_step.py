@@ -19,8 +19,9 @@ other in one process (each model is freed before the next is built, so each peak
               forward), transformers' router
 
 Attention, embeddings and LM head are bf16 in both, or with --load-in-4bit the attention projections NF4 in both
-(rl/nf4.py, before LoRA is attached); --optim adamw_8bit gives both bitsandbytes' 8-bit AdamW. Attention runs
-transformers' eager implementation (the one with sinks that is there without the kernel hub).
+(rl/nf4.py, before LoRA is attached); --optim adamw_8bit gives both bitsandbytes' 8-bit AdamW. Attention is
+transformers' eager implementation (the one with sinks that is there without the kernel hub): as it is in the baseline,
+in query chunks in ours (rl/attention.py: the same values, without the batched prefill's ~2.7 GiB of scores).
 
 The step (`grpo_step`). Each phase runs between device synchronisations and records its seconds and its own peak
 memory (max_memory_allocated, reset at its start; for micro-batched phases the max over micro-batches):
@@ -64,6 +65,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import GenerationConfig, GptOssConfig, GptOssForCausalLM
 
 from oss_grpo.kernels.mxfp4 import dequantize
+from oss_grpo.rl.attention import use_chunked_attention
 from oss_grpo.rl.config import TrainConfig
 from oss_grpo.rl.gpt_oss_loader import allocate, meta_model
 from oss_grpo.rl.memory import GIB, MXFP4_BITS, RELEASED, ModelShape, param_counts
@@ -212,6 +214,8 @@ def as_policy(model: GptOssForCausalLM, mode: str, settings: Settings) -> PeftMo
     from trl.trainer.utils import add_fused_lm_head  # imports datasets: only when a model is made
 
     add_fused_lm_head(model)  # before PEFT wraps it, as TRL does
+    if mode == "ours":
+        use_chunked_attention(model)  # the baseline keeps transformers' eager attention, as a user would have it
     if settings.load_in_4bit:
         quantize_linears(model)
     model = get_peft_model(model, config)

@@ -17,7 +17,6 @@ The speed-up is the one number the parent cannot recompute, so it is measured he
 `_kernel_timer` (its docstring says how the clock is kept out of the kernel's reach, and how far that goes).
 """
 
-import base64
 import math
 import statistics
 import sys
@@ -33,16 +32,10 @@ import triton.runtime.interpreter  # noqa: F401  (what @triton.jit loads under T
 from oss_grpo.envs import kernelgen
 from oss_grpo.envs.kernelgen import KERNEL_TASKS, KernelTask
 from oss_grpo.rewards import _kernel_timer
+from oss_grpo.rewards._kernel_bytes import Spec, decode, draw_inputs, encode
 from oss_grpo.rewards._kernel_timer import Watch, elapsed_seconds, poison_, time_against_reference
 
-Spec = dict[str, Any]
-"""One tensor as JSON data: `shape`, `dtype` (a torch dtype name), and how to draw it: `kind` "normal" (times
-`scale`) or "integers" (in [`low`, `high`))."""
-
 _TRAPPED_NAMESPACES = (torch, torch.Tensor, torch.nn.functional, torch.special, torch.linalg)
-RUNTIME_IMPORTS = frozenset({"builtins", "collections", "numpy"})
-"""What Triton's interpreter imports (already loaded) inside a kernel call; the sandbox's import guard must admit
-them at run time, while the static check still refuses them in the model's code."""
 
 
 @triton.jit
@@ -65,7 +58,8 @@ def warm_up() -> None:
 def warm_up_cuda() -> None:
     """Initialise CUDA and run every reference and the timer once on the GPU: the driver, cuBLAS and the libraries
     the references use load from files, which the sandbox's lock-down hides (sandbox.py, GPU profile). Called at
-    import when a GPU is visible and Triton is not interpreting. Never run on a GPU yet."""
+    import when a GPU is visible and Triton is not interpreting. Only the sandbox child imports this module: the
+    trainer must not touch a GPU because a reward plugin was registered."""
     for task in KERNEL_TASKS.values():
         task.reference(*[t.cuda() for t in draw_inputs(task.cases[0].inputs, 0)])
     x = torch.ones(4, device="cuda")
@@ -79,41 +73,9 @@ elif torch.cuda.is_available():
     warm_up_cuda()
 
 
-def draw_inputs(specs: Sequence[Spec], seed: int) -> list[torch.Tensor]:
-    """Random tensors for `specs`, reproducible from `seed` within one process.
-
-    Not across processes: torch picks its random kernels by the CPU features it detects, and the jailed child has
-    no /proc/cpuinfo. Hence the parent draws the trials' inputs and sends their bytes."""
-    generator = torch.Generator().manual_seed(seed)
-    tensors = []
-    for spec in specs:
-        shape, dtype = tuple(spec["shape"]), getattr(torch, spec["dtype"])
-        if spec["kind"] == "integers":
-            t = torch.randint(spec["low"], spec["high"], shape, generator=generator, dtype=torch.int64)
-        else:
-            t = torch.randn(shape, generator=generator) * spec["scale"]
-        tensors.append(t.to(dtype))
-    return tensors
-
-
 def poisoned(spec: Spec) -> torch.Tensor:
     """A new output buffer of `spec`, poisoned (`_kernel_timer.poison_`)."""
     return poison_(torch.empty(tuple(spec["shape"]), dtype=getattr(torch, spec["dtype"])))
-
-
-def encode(t: torch.Tensor) -> str:
-    """The tensor's raw bytes as base64 text: exact for every dtype, bfloat16 included, and JSON-compatible."""
-    return base64.b64encode(t.cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()).decode()
-
-
-def decode(text: str, spec: Spec) -> torch.Tensor:
-    """Inverse of `encode` for a tensor of `spec`'s shape and dtype; ValueError when the byte count differs."""
-    raw = bytearray(base64.b64decode(text, validate=True))
-    dtype, shape = getattr(torch, spec["dtype"]), tuple(spec["shape"])
-    flat = torch.frombuffer(raw, dtype=torch.uint8) if raw else torch.empty(0, dtype=torch.uint8)
-    if flat.numel() != dtype.itemsize * torch.Size(shape).numel():
-        raise ValueError(f"{flat.numel()} bytes for a {spec['dtype']} tensor of shape {list(shape)}")
-    return flat.view(dtype).reshape(shape)
 
 
 def _trap(name: str) -> Callable[..., Any]:

@@ -32,12 +32,15 @@ import torch
 
 from oss_grpo.envs.kernelgen import ALLOWED_IMPORTS, KERNEL_TASKS, KernelTask
 from oss_grpo.rewards import sandbox
-from oss_grpo.rewards._kernel_harness import RUNTIME_IMPORTS, decode, draw_inputs, encode
+from oss_grpo.rewards._kernel_bytes import decode, draw_inputs, encode
 from oss_grpo.rewards.kernel_policy import kernel_findings
 from oss_grpo.rewards.source_check import check_source
 from oss_grpo.rl.errors import SandboxError
 
 HARNESS = "oss_grpo.rewards._kernel_harness:run_trials"
+RUNTIME_IMPORTS = frozenset({"builtins", "collections", "numpy"})
+"""What Triton's interpreter imports (already loaded) inside a kernel call; the sandbox's import guard must admit
+them at run time, while the static check still refuses them in the model's code."""
 TIMEOUT_S = 90.0
 """Wall clock of one sample's sandbox call: ~3 s of torch/Triton start-up plus every trial under the interpreter."""
 MEMORY_MB = 2048

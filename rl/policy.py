@@ -1,7 +1,8 @@
 """The policy: a gpt-oss model (tiny local or a checkpoint) and the LoRA adapters GRPO trains.
 
 The reference policy for the KL term is this same model with its adapters disabled (TRL does that for PEFT
-models), so no second copy of the weights is ever held. A released gpt-oss checkpoint (experts stored MXFP4) loads
+models), so no second copy of the weights is ever held. Attention is transformers' eager gpt-oss attention taken in
+query chunks (rl/attention.py). A released gpt-oss checkpoint (experts stored MXFP4) loads
 through rl/gpt_oss_loader.py with the experts kept MXFP4; a bf16 checkpoint loads through transformers and its
 experts are quantised once (rl/moe.py). With `load_in_4bit` the attention projections are then stored in NF4
 (rl/nf4.py), whichever way the model was built.
@@ -13,6 +14,7 @@ import torch
 from peft import LoraConfig, PeftModel
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
+from oss_grpo.rl.attention import use_chunked_attention
 from oss_grpo.rl.config import TrainConfig
 from oss_grpo.rl.errors import CheckpointError, ConfigError
 from oss_grpo.rl.gpt_oss_loader import is_mxfp4_checkpoint, load_mxfp4_gpt_oss
@@ -37,7 +39,7 @@ def load_policy(config: TrainConfig) -> PreTrainedModel:
         require_bitsandbytes("load_in_4bit=true")
     if config.optim == "adamw_8bit":
         require_bitsandbytes("optim=adamw_8bit")
-    model = _base_model(config)
+    model = use_chunked_attention(_base_model(config))  # eager's values at a fraction of its prefill peak
     return quantize_linears(model) if config.load_in_4bit else model
 
 

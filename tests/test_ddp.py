@@ -7,6 +7,9 @@ are seeded by position in the whole batch (rl/rollout.py), so both sample the sa
 gradient is the single process's up to float32 rounding (other batch shapes and padding reorder the sums). Compared:
 the samples (exactly), the step's gradient (from AdamW's first moment: m2 = 0.9 m1 + 0.1 g2), the adapter update
 (after - before), the logged grad norm and loss; and what the 2 processes wrote into the run folder.
+
+On a machine with 2 GPUs, `OSS_GRPO_DDP_DEVICE=cuda pytest -s tests/test_ddp.py` runs the same comparison with one
+process per GPU (NCCL) and prints the measured gaps; each run folder keeps its launch's output in `launch.log`.
 """
 
 import os
@@ -25,6 +28,7 @@ from oss_grpo.rl.samples import SAMPLES_FILE
 REPO = Path(__file__).resolve().parents[1]
 OVERRIDES = ["num_tasks=8", "prompts_per_step=2", "group_size=4", "max_steps=2", "save_steps=1", "samples_every=1",
              "generator=transformers"]
+DEVICE = os.environ.get("OSS_GRPO_DDP_DEVICE", "cpu")
 TOLERANCE = 1e-4
 """Relative norm of the difference (float32). Measured on 2026-11-23: 2.9e-6 for the gradient, 1.3e-5 for the update
 (docs/MULTIGPU.md)."""
@@ -32,13 +36,14 @@ TOLERANCE = 1e-4
 
 def launch(run: Path, processes: int, *extra: str) -> None:
     train = ["-m", "oss_grpo", "train", "configs/2048-tiny.yaml", *(a for o in OVERRIDES for a in ("--set", o)),
-             "--set", f"output_dir={run}", *extra]
+             "--set", f"output_dir={run}", "--set", f"device={DEVICE}", *extra]
     launcher = ["-m", "accelerate.commands.launch", "--multi_gpu", f"--num_processes={processes}",
                 "--num_machines=1", "--mixed_precision=no", "--dynamo_backend=no", "--main_process_port=0"]
-    # config device: cpu, so each process trains on the CPU and accelerate picks gloo; port 0: any free port
+    # device cpu: each process trains on the CPU and accelerate picks gloo (cuda: a GPU each, NCCL); port 0: any free
     result = subprocess.run([sys.executable, *(launcher if processes > 1 else []), *train], cwd=REPO, timeout=600,
                             capture_output=True, text=True,
                             env={**os.environ, "TRL_EXPERIMENTAL_SILENCE": "1", "OMP_NUM_THREADS": "1"})
+    (run / "launch.log").write_text(result.stdout + result.stderr)
     assert result.returncode == 0, result.stderr[-4000:]
 
 
@@ -70,17 +75,20 @@ def test_two_processes_take_the_single_process_step(runs: tuple[Path, Path]) -> 
     samples = {run: [r for r in read_metrics(run, SAMPLES_FILE) if r["step"] == 2] for run in runs}
     assert len(samples[a]) == 8 and samples[b] == samples[a]  # the same completions and rewards, in batch order
 
-    assert relative_gap(gradient(b / "checkpoint-2", a / "checkpoint-1"),
-                        gradient(a / "checkpoint-2", a / "checkpoint-1")) < TOLERANCE
-
+    gradient_gap = relative_gap(gradient(b / "checkpoint-2", a / "checkpoint-1"),
+                                gradient(a / "checkpoint-2", a / "checkpoint-1"))
     before = load_file(a / "checkpoint-1" / "adapter_model.safetensors")
     after = {run: load_file(run / "final" / "adapter_model.safetensors") for run in runs}
     assert after[a].keys() == after[b].keys() == before.keys()
     updates = {run: [after[run][k] - before[k] for k in sorted(before)] for run in runs}
-    assert sum(u.norm() for u in updates[a]) > 0
-    assert relative_gap(updates[b], updates[a]) < TOLERANCE
-
+    update_gap = relative_gap(updates[b], updates[a])
     step2 = {run: read_metrics(run)[1] for run in runs}
+    print(f"{DEVICE}, 1 vs 2 processes, step 2: gradient gap {gradient_gap:.2e}, update gap {update_gap:.2e} (update "
+          f"norm {torch.cat([u.flatten() for u in updates[a]]).norm():.3g}), grad norm {step2[a]['grad_norm']} vs "
+          f"{step2[b]['grad_norm']}, loss {step2[a]['loss']} vs {step2[b]['loss']}")
+    assert gradient_gap < TOLERANCE and update_gap < TOLERANCE
+    assert sum(u.norm() for u in updates[a]) > 0
+
     assert step2[b]["reward_mean"] == step2[a]["reward_mean"]
     assert step2[b]["grad_norm"] == pytest.approx(step2[a]["grad_norm"], rel=TOLERANCE)
     assert step2[b]["loss"] == pytest.approx(step2[a]["loss"], rel=TOLERANCE)

@@ -134,6 +134,15 @@ def test_sandbox_rejects_a_malformed_harness() -> None:
         sandbox.run("def f():\n    return 1\n", "f", harness="oss_grpo.rewards.no_such_module:run")
 
 
+def test_the_trainer_never_imports_the_sandbox_harness() -> None:
+    """Importing the harness warms up the GPU (every reference, on CUDA) for the sandbox child; the trainer looks
+    rewards up by name, which imports every built-in reward module, and must not. The first 2-GPU run crashed there."""
+    code = ("import sys; from oss_grpo.rewards import registered; names = registered(); "
+            "print('kernel_correct' in names, 'oss_grpo.rewards._kernel_harness' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert out.stdout.split() == ["True", "False"]
+
+
 def test_config_rejects_unknown_kernel_tasks() -> None:
     with pytest.raises(ConfigError, match="kernelgen_tasks"):
         load_config(REPO / "configs/kernelgen-tiny.yaml", ["kernelgen_tasks=[softmax, fft]"])

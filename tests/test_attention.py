@@ -1,0 +1,84 @@
+"""rl/attention.py: gpt-oss attention in query chunks computes what transformers' eager attention computes, in values
+and gradients, sinks and sliding windows included, while its largest score tensor stays at the budget."""
+
+import copy
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from transformers.models.gpt_oss.modeling_gpt_oss import eager_attention_forward
+
+from oss_grpo.rl import attention
+from oss_grpo.rl.attention import chunked_eager_attention, use_chunked_attention
+from oss_grpo.rl.tiny_model import build_tiny_model
+
+
+class LargestScores(TorchDispatchMode):
+    """The bytes of the largest [batch, heads, queries, keys (+ sink)] tensor an op allocates while active (views
+    allocate nothing; the copies of the keys that the matmuls make are the same size either way)."""
+
+    def __init__(self, keys: int) -> None:
+        super().__init__()
+        self.keys, self.bytes = keys, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        out = func(*args, **(kwargs or {}))
+        if func.is_view:
+            return out
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(t, torch.Tensor) and t.dim() == 4 and t.shape[-1] in (self.keys, self.keys + 1):
+                self.bytes = max(self.bytes, t.numel() * t.element_size())
+        return out
+
+
+def padded_batch(lengths: list[int], width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded random ids (as the generators pad) with their attention mask."""
+    ids = torch.randint(0, 199_000, (len(lengths), width), generator=torch.Generator().manual_seed(0))
+    mask = torch.tensor([[0] * (width - n) + [1] * n for n in lengths])
+    return ids, mask
+
+
+def test_the_largest_score_tensor_stays_at_the_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    layer = build_tiny_model().model.layers[1].self_attn  # full attention: 4 query heads over 2 KV heads
+    batch, queries, keys = 4, 48, 64
+    q = torch.randn(batch, 4, queries, 16)
+    k, v = torch.randn(batch, 2, keys, 16), torch.randn(batch, 2, keys, 16)
+    mask = torch.zeros(batch, 1, queries, keys).masked_fill(torch.rand(batch, 1, queries, keys) < 0.3, float("-inf"))
+    budget = batch * 4 * 5 * keys * 4  # 5 queries' scores in float32: 10 chunks, the last one short
+    monkeypatch.setattr(attention, "SCORE_BUDGET_BYTES", budget)
+
+    with LargestScores(keys) as eager_peak:
+        expected = eager_attention_forward(layer, q, k, v, mask, 0.25)[0]
+    with LargestScores(keys) as chunked_peak:
+        got, _ = chunked_eager_attention(layer, q, k, v, mask, 0.25)
+    assert got.shape == expected.shape == (batch, queries, 4, 16)
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+    assert eager_peak.bytes >= batch * 4 * queries * keys * 4  # eager holds all queries' scores at once
+    assert chunked_peak.bytes <= budget * (keys + 1) / keys  # one chunk's scores, plus the sink column
+
+
+def test_the_model_computes_the_same_logits_gradients_and_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Padded sequences longer than the sliding window (32), with a budget that cuts them into 3-query chunks."""
+    monkeypatch.setattr(attention, "SCORE_BUDGET_BYTES", 3 * 3 * 4 * 72 * 4)
+    eager = build_tiny_model(seed=3)
+    chunked = use_chunked_attention(copy.deepcopy(eager))
+    assert chunked.config._attn_implementation == attention.NAME != eager.config._attn_implementation
+    ids, mask = padded_batch([72, 50, 9], 72)
+
+    logits = {}
+    for name, model in (("eager", eager), ("chunked", chunked)):
+        out = model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100))
+        out.loss.backward()
+        logits[name] = out.logits.detach()
+    keep = mask.bool()
+    torch.testing.assert_close(logits["chunked"][keep], logits["eager"][keep], rtol=1e-5, atol=1e-5)
+    grads = dict(eager.named_parameters())
+    for name, param in chunked.named_parameters():
+        if grads[name].grad is not None:  # experts no token was routed to have none in either model
+            torch.testing.assert_close(param.grad, grads[name].grad, rtol=1e-4, atol=1e-6, msg=name)
+    assert chunked.model.layers[0].self_attn.sinks.grad.abs().sum() > 0  # the sinks take part in the backward
+
+    with torch.no_grad():  # a static-cache prefill (keys: the whole cache) then one-query decode steps
+        tokens = [m.generate(input_ids=ids, attention_mask=mask, max_new_tokens=6, do_sample=False,
+                             cache_implementation="static", pad_token_id=199_999) for m in (eager, chunked)]
+    assert torch.equal(tokens[0], tokens[1])
