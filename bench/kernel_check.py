@@ -1,6 +1,6 @@
 """Kernel-checker time per sample on CPU, against a bare sandbox call that imports torch, in the same run.
 
-    PYTHONPATH=.shim python bench/kernel_check.py [--samples 5]
+    PYTHONPATH=.shim python bench/kernel_check.py [--samples 5] [--device cuda]
 
 Rows (taking turns, medians over `--samples`): `sandbox.run` of a trivial function that imports torch (the floor
 any torch kernel check pays: a jailed child that loads torch); `check_kernel` on the correct PyTorch softmax
@@ -10,6 +10,9 @@ kernel on the 64x1024 timing case, output and tamper checks each round); the sam
 row loop; and the correct Triton softmax, which adds Triton's interpreter and is never timed on a CPU. Then the
 harness alone, in this process (no sandbox, no start-up): `run_trials` without and with timing, which isolates what
 the speed-up path adds per sample from the start-up noise. Prints markdown tables.
+
+`--device cuda` runs every check in the sandbox's GPU profile and times on the GPU; the Triton softmax is then
+checked once and its verdict printed (Triton must compile inside the jail there), not timed as a row.
 """
 
 import argparse
@@ -30,28 +33,35 @@ ROW_LOOP = ("import torch\n\ndef softmax(x, out):\n    for i in range(x.shape[0]
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--samples", type=int, default=5)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     args = parser.parse_args()
     softmax_torch = (SOLUTIONS / "softmax_torch.py").read_text()
+    softmax_triton = (SOLUTIONS / "softmax_triton.py").read_text()
+    profile = sandbox.GPU if args.device == "cuda" else sandbox.CPU
 
     speedups: dict[str, list[float]] = {"PyTorch softmax": [], "row-loop softmax": []}
 
     def check(source: str, timing: bool = True) -> KernelVerdict:
-        verdict = check_kernel(KERNEL_TASKS["softmax"], source, timing=timing)
+        verdict = check_kernel(KERNEL_TASKS["softmax"], source, timing=timing, device=args.device)
         if verdict.speedup is not None:
             speedups["row-loop softmax" if source == ROW_LOOP else "PyTorch softmax"].append(verdict.speedup)
         return verdict
 
     rows = {
         "sandbox.run, import torch, trivial function (baseline)":
-            lambda: sandbox.run(BARE, "f", allowed_imports={"torch"}, timeout_s=60, memory_mb=2048).ok,
+            lambda: sandbox.run(BARE, "f", allowed_imports={"torch"}, timeout_s=60, memory_mb=2048,
+                                profile=profile).ok,
         "check_kernel, PyTorch softmax, correctness only (baseline)":
             lambda: check(softmax_torch, timing=False).correct == 1.0,
         "check_kernel, PyTorch softmax, with the speed-up": lambda: check(softmax_torch).speedup is not None,
         "check_kernel, row-loop softmax, correctness only": lambda: check(ROW_LOOP, timing=False).correct == 1.0,
         "check_kernel, row-loop softmax, with the speed-up": lambda: check(ROW_LOOP).speedup is not None,
-        "check_kernel, Triton softmax (TRITON_INTERPRET=1, not timed)":
-            lambda: check((SOLUTIONS / "softmax_triton.py").read_text()).correct == 1.0,
     }
+    if args.device == "cpu":
+        rows["check_kernel, Triton softmax (TRITON_INTERPRET=1, not timed)"] = \
+            lambda: check(softmax_triton).correct == 1.0
+    else:
+        print(f"Triton softmax in the GPU jail: {check(softmax_triton)}\n")
     times: dict[str, list[float]] = {name: [] for name in rows}
     for fn in rows.values():  # warm-up: page cache, first-import costs
         assert fn()
@@ -63,13 +73,13 @@ def main() -> None:
     print("| what | median s per sample | min | max |\n|---|---|---|---|")
     for name, ts in times.items():
         print(f"| {name} | {statistics.median(ts):.2f} | {min(ts):.2f} | {max(ts):.2f} |")
-    harness_rows(softmax_torch, args.samples)
+    harness_rows(softmax_torch, args.samples, args.device)
     print("\n| kernel | median speed-up over torch.softmax | min | max |\n|---|---|---|---|")
     for name, values in speedups.items():
         print(f"| {name} | {statistics.median(values):.3f} | {min(values):.3f} | {max(values):.3f} |")
 
 
-def harness_rows(softmax_torch: str, samples: int) -> None:
+def harness_rows(softmax_torch: str, samples: int, device: str) -> None:
     """The harness's own time per sample in this process: trials only, then trials and the speed-up rounds."""
     trials, _ = plan_trials(KERNEL_TASKS["softmax"], seed=0)
     print("\n| harness in-process (no sandbox) | median ms per sample | min | max |\n|---|---|---|---|")
@@ -80,7 +90,7 @@ def harness_rows(softmax_torch: str, samples: int) -> None:
             ts = []
             for _ in range(samples + 1):
                 start = time.perf_counter()
-                _kernel_harness.run_trials(scope["softmax"], "softmax", trials, timing)
+                _kernel_harness.run_trials(scope["softmax"], "softmax", trials, timing, device)
                 ts.append(1e3 * (time.perf_counter() - start))
             ts = ts[1:]  # the first call pays one-off costs
             what = "trials and speed-up" if timing else "trials only (baseline)"
