@@ -7,6 +7,8 @@ the group-relative advantages), and DDP averages the gradients, so a config make
 
 import os
 
+import torch
+
 from oss_grpo.rl.config import TrainConfig
 from oss_grpo.rl.errors import ConfigError
 
@@ -15,6 +17,16 @@ def process_layout() -> tuple[int, int]:
     """(rank, number of processes): `accelerate launch` and `torchrun` set RANK and WORLD_SIZE, a plain `oss-grpo
     train` is rank 0 of 1. Read from the environment because it is needed before the trainer joins the group."""
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def check_gpus(use_cpu: bool, processes: int) -> None:
+    """Fail before the model loads when one process sees several GPUs: transformers' Trainer would wrap the model in
+    `nn.DataParallel`, which TRL's GRPOTrainer refuses only once the policy is built (minutes for gpt-oss-120b)."""
+    gpus = 0 if use_cpu else torch.cuda.device_count()
+    if processes == 1 and gpus > 1:
+        raise ConfigError(f"{gpus} GPUs are visible to one process: train on all of them with `accelerate launch "
+                          f"--num_processes {gpus} -m oss_grpo train ...` or `torchrun` (docs/MULTIGPU.md), or on "
+                          "one with CUDA_VISIBLE_DEVICES=0")
 
 
 def batch_split(config: TrainConfig, processes: int) -> tuple[int, int]:

@@ -19,7 +19,7 @@ from oss_grpo.rewards import get as get_reward
 from oss_grpo.rewards.guard import GuardedReward
 from oss_grpo.rl.checkpoint import CompleteMarker, checkpoint_step, latest_checkpoint
 from oss_grpo.rl.config import TrainConfig
-from oss_grpo.rl.data_parallel import batch_split, process_layout
+from oss_grpo.rl.data_parallel import batch_split, check_gpus, process_layout
 from oss_grpo.rl.errors import ConfigError, GeneratorError
 from oss_grpo.rl.generator import SyncedGenerator
 from oss_grpo.rl.harmony import harmony_tokenizer
@@ -103,6 +103,9 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     if config.max_turns > 1 and config.env not in TURN_BASED:
         raise ConfigError(f"max_turns={config.max_turns}: env={config.env!r} has no multi-turn play; "
                           f"known: {', '.join(TURN_BASED)}")
+    rank, processes = process_layout()
+    use_cpu = config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available())
+    check_gpus(use_cpu, processes)
     run_dir = Path(config.output_dir)
     samples = SampleTable(run_dir, config.samples_every, config.rewards)
     rewards = [samples.watch(GuardedReward(name, get_reward(name), config.reward_on_error)) for name in config.rewards]
@@ -112,8 +115,6 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
 
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = latest_checkpoint(run_dir) if resume else None
-    rank, processes = process_layout()
-    use_cpu = config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available())
     args = grpo_args(config, use_cpu, processes)  # a batch that does not split over the processes stops here
     dataset, actions = build_tasks(config)
     backend = rollout_backend(config)

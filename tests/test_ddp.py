@@ -40,9 +40,11 @@ def launch(run: Path, processes: int, *extra: str) -> None:
     launcher = ["-m", "accelerate.commands.launch", "--multi_gpu", f"--num_processes={processes}",
                 "--num_machines=1", "--mixed_precision=no", "--dynamo_backend=no", "--main_process_port=0"]
     # device cpu: each process trains on the CPU and accelerate picks gloo (cuda: a GPU each, NCCL); port 0: any free
+    env = {**os.environ, "TRL_EXPERIMENTAL_SILENCE": "1", "OMP_NUM_THREADS": "1"}
+    if processes == 1 and DEVICE == "cuda":  # one process is given one GPU (train refuses one that sees several)
+        env["CUDA_VISIBLE_DEVICES"] = env.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0]
     result = subprocess.run([sys.executable, *(launcher if processes > 1 else []), *train], cwd=REPO, timeout=600,
-                            capture_output=True, text=True,
-                            env={**os.environ, "TRL_EXPERIMENTAL_SILENCE": "1", "OMP_NUM_THREADS": "1"})
+                            capture_output=True, text=True, env=env)
     (run / "launch.log").write_text(result.stdout + result.stderr)
     assert result.returncode == 0, result.stderr[-4000:]
 

@@ -113,6 +113,7 @@ def test_forced_decoding_compares_two_runs_distributions_and_can_fail() -> None:
     same = decode_speed.logprob_gap(first, decode_speed.forced_logprobs(policy, prompts, settings, tokens, 4),
                                     tokens[:, :4])
     assert same["forced_token_gap_max"] == 0 and same["kl_max"] == 0 and same["argmax_agreement"] == 1
+    assert same["kl_first_steps"] == [0.0] * 4
     with torch.no_grad():
         for name, p in policy.named_parameters():
             if "lora_B" in name:

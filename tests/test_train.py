@@ -1,5 +1,7 @@
 """Pieces of rl/train.py that change what TRL computes."""
 
+from pathlib import Path
+
 import pytest
 import torch
 import trl.trainer.utils
@@ -8,7 +10,8 @@ from trl.trainer.utils import add_fused_lm_head
 from oss_grpo.rl.config import TrainConfig
 from oss_grpo.rl.errors import ConfigError
 from oss_grpo.rl.tiny_model import build_tiny_model
-from oss_grpo.rl.train import grpo_args, score_only_completion_tokens
+from oss_grpo.rl import train as train_module
+from oss_grpo.rl.train import grpo_args, score_only_completion_tokens, train
 
 
 def test_completion_only_scoring_gives_the_same_logprobs(monkeypatch) -> None:
@@ -59,3 +62,17 @@ def test_each_process_trains_on_its_share_of_the_batch() -> None:
         grpo_args(config, use_cpu=True, processes=3)
     with pytest.raises(ConfigError, match="micro_batch_size=16: must divide each process's share"):
         grpo_args(TrainConfig(prompts_per_step=4, group_size=4, micro_batch_size=16), True, 2)
+
+
+def test_one_process_seeing_several_gpus_stops_before_loading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the first 2-GPU run hit: a plain `oss-grpo train` with 2 GPUs visible, which TRL refuses (nn.DataParallel)
+    only once the policy is built. The check comes first, and names both ways out."""
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    config = TrainConfig(device="cuda", output_dir=str(tmp_path / "run"))
+    with pytest.raises(ConfigError, match="2 GPUs are visible to one process.*accelerate launch.*CUDA_VISIBLE_DEVICES"):
+        train(config)
+    assert not (tmp_path / "run").exists()  # nothing was written or loaded
+    monkeypatch.setattr(train_module, "process_layout", lambda: (0, 2))  # under accelerate launch: no complaint
+    monkeypatch.setattr(train_module, "grpo_args", lambda *args: (_ for _ in ()).throw(RuntimeError("past the check")))
+    with pytest.raises(RuntimeError, match="past the check"):
+        train(config)
