@@ -48,9 +48,7 @@ def main() -> None:
         return verdict
 
     rows = {
-        "sandbox.run, import torch, trivial function (baseline)":
-            lambda: sandbox.run(BARE, "f", allowed_imports={"torch"}, timeout_s=60, memory_mb=2048,
-                                profile=profile).ok,
+        "sandbox.run, import torch, trivial function (baseline)": lambda: bare(profile),
         "check_kernel, PyTorch softmax, correctness only (baseline)":
             lambda: check(softmax_torch, timing=False).correct == 1.0,
         "check_kernel, PyTorch softmax, with the speed-up": lambda: check(softmax_torch).speedup is not None,
@@ -77,6 +75,14 @@ def main() -> None:
     print("\n| kernel | median speed-up over torch.softmax | min | max |\n|---|---|---|---|")
     for name, values in speedups.items():
         print(f"| {name} | {statistics.median(values):.3f} | {min(values):.3f} | {max(values):.3f} |")
+
+
+def bare(profile: sandbox.Profile) -> bool:
+    """A jailed child that imports torch and returns; what went wrong is printed, not lost, when it fails."""
+    result = sandbox.run(BARE, "f", allowed_imports={"torch"}, timeout_s=60, memory_mb=2048, profile=profile)
+    if not result.ok:
+        print(f"bare sandbox call failed: {result.failure}: {result.error}\n{result.stderr[-2000:]}")
+    return result.ok
 
 
 def harness_rows(softmax_torch: str, samples: int, device: str) -> None:

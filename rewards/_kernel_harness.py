@@ -119,10 +119,11 @@ def run_trials(kernel: Callable[..., Any], task: str, trials: Sequence[dict], ti
     `{"tampered": [names]}` as soon as the code is seen to have replaced a watched attribute (`WATCH`).
     """
     torch.set_grad_enabled(False)
-    if device == "cpu":
-        # One thread: with several, each op ends on a barrier across threads, and on a loaded machine a descheduled
-        # thread makes a kernel of many small ops look 10-100x slower than a one-op reference (measured).
-        torch.set_num_threads(1)
+    # One CPU thread. On the CPU: with several, each op ends on a barrier across threads, and on a loaded machine a
+    # descheduled thread makes a kernel of many small ops look 10-100x slower than a one-op reference (measured). On
+    # a GPU machine too: torch's OpenMP pool takes a thread per core at the first large CPU op (drawing the timing
+    # inputs), more than the jail's 64 per uid on a 32-core host, and libgomp then kills the process (seen there).
+    torch.set_num_threads(1)
     changed = WATCH.changes()  # the code's top level ran before this call
     if changed:
         return {"tampered": changed}
