@@ -55,12 +55,12 @@ def test_weights_kv_and_adapters_match_hand_arithmetic(name: str, experts: int, 
 
 @pytest.mark.parametrize("settings, measured_gib", [
     (dict(micro_batch_size=8), 23.25),  # run 1: AdamW, bf16 attention
-    (dict(micro_batch_size=1, load_in_4bit=True, optim="adamw_8bit"), 16.37),  # run 3
+    (dict(micro_batch_size=1, load_in_4bit=True, optim="adamw_8bit"), 15.61),  # run 4, chunked attention (H200)
 ])
-def test_estimate_is_within_10_percent_of_the_measured_h100_step(settings: dict, measured_gib: float) -> None:
-    """bench/full_step.py's gpt-oss-20b step on an H100 (docs/BENCHMARKS.md, 2026-11-23): peak max_memory_allocated
-    of ours, 4 x 8 completions of 128 + 1,024 tokens, LoRA r16 on attention and experts. Its 184,909,824 LoRA
-    parameters, counted there from the PEFT model, are what lora_params gives."""
+def test_estimate_is_within_10_percent_of_the_measured_step(settings: dict, measured_gib: float) -> None:
+    """bench/full_step.py's gpt-oss-20b step on an H100 and an H200 (docs/BENCHMARKS.md, 2026-11-23): peak
+    max_memory_allocated of ours, 4 x 8 completions of 128 + 1,024 tokens, LoRA r16 on attention and experts. Its
+    184,909,824 LoRA parameters, counted there from the PEFT model, are what lora_params gives."""
     targets = ["q_proj", "k_proj", "v_proj", "o_proj", "experts"]
     config = TrainConfig(model="openai/gpt-oss-20b", dtype="bfloat16", lora_target_modules=targets, lora_r=16,
                          prompts_per_step=4, group_size=8, max_completion_tokens=1024, **settings)
