@@ -21,7 +21,7 @@ other in one process (each model is freed before the next is built, so each peak
 Attention, embeddings and LM head are bf16 in both, or with --load-in-4bit the attention projections NF4 in both
 (rl/nf4.py, before LoRA is attached); --optim adamw_8bit gives both bitsandbytes' 8-bit AdamW. Attention is
 transformers' eager implementation (the one with sinks that is there without the kernel hub): as it is in the baseline,
-in query chunks in ours (rl/attention.py: the same values, without the batched prefill's ~2.7 GiB of scores).
+in query chunks in ours (rl/attention.py: the same values, 0.76 GiB less at the batched prefill).
 
 The step (`grpo_step`). Each phase runs between device synchronisations and records its seconds and its own peak
 memory (max_memory_allocated, reset at its start; for micro-batched phases the max over micro-batches):

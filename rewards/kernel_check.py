@@ -138,7 +138,7 @@ def check_kernel(task: KernelTask, source: str, *, seed: int | None = None, timi
     """Run every trial of `task` on `source` in one sandbox call and judge it; never raises for what the code does.
 
     `timing` asks for the speed-up; `device` is "cpu" (Triton interpreted, the default jail) or "cuda" (the
-    sandbox's GPU profile, compiled Triton; never run on a GPU yet)."""
+    sandbox's GPU profile: PyTorch kernels run and are timed there; compiled Triton fails in that jail)."""
     report = check_source(source, ALLOWED_IMPORTS)  # the sandbox admits RUNTIME_IMPORTS too; the code may not
     findings = [report.syntax_error] if report.syntax_error else [*report.findings, *kernel_findings(source, task)]
     if findings:

@@ -50,10 +50,12 @@ What is NOT covered:
 - No PID namespace and no seccomp (an unknown CPU architecture without `unshare`): nothing blocks the
   network, and only a root caller can sweep leftover processes.
 - GPU code in the default profile: the new root hides /dev/nvidia*, and RLIMIT_AS breaks CUDA start-up.
-  `profile=GPU` (below) lifts exactly that and nothing else; it was written on a CPU machine and has never run
-  on a GPU. What it still does not give: Triton compilation (it execs `ptxas`, which seccomp denies, so compiled
-  Triton kernels fail in the jail; PyTorch code runs on the GPU), a cap on host RAM tighter than the raised
-  address space (a cgroup would be the tool), and the warm worker pool that amortises CUDA start-up.
+  `profile=GPU` (below) lifts exactly that and nothing else; on an H200 (2026-11-23) PyTorch kernels were
+  checked and timed in it. CUDA must start before lock-down (the harness does it): code that first touches CUDA
+  after it fails. What it still does not give: Triton compilation (Triton's compiler imports modules after
+  lock-down and execs `ptxas`, which seccomp denies, so compiled Triton kernels fail in the jail), a cap on host
+  RAM tighter than the raised address space (a cgroup would be the tool), and the warm worker pool that amortises
+  CUDA start-up.
 
 The GPU profile (`GPU`): CUDA needs (a) the NVIDIA device nodes, which are bound into the new root at their own
 paths (with namespaces only: without a mount namespace a bind mount would be the host's), (b) its driver library
@@ -121,8 +123,7 @@ def _nvidia_devices() -> tuple[str, ...]:
 CPU = Profile()
 """The default jail."""
 GPU = Profile(devices=_nvidia_devices(), extra_address_space_mb=64 * 1024, passthrough_env=("CUDA_VISIBLE_DEVICES",))
-"""The GPU profile (module docstring): NVIDIA device nodes, 64 GiB more address space, CUDA_VISIBLE_DEVICES. Never
-run on a GPU yet."""
+"""The GPU profile (module docstring): NVIDIA device nodes, 64 GiB more address space, CUDA_VISIBLE_DEVICES."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,11 +2,11 @@
 applied to slices of the queries so that no [batch, heads, queries, keys] score tensor outgrows a budget.
 
 Why: transformers has no SDPA path for gpt-oss (the sinks), so its attention is eager, and eager materialises the
-scores and keeps four or five copies alive (logits, + mask, sinks appended, max-shifted, softmax). At a GRPO
-prefill the keys span the whole static cache: 32 prompts x 64 heads x 128 queries x 1,152 keys in bf16 is 604 MB a
-copy, about 2.7 GiB of the 20b step's generation peak on the H100 (docs/BENCHMARKS.md). Each query's row of attention
-is independent of the others, so slicing the queries changes no value, only the peak. Decoding (one query) and
-short sequences take a single chunk, which is the eager call itself.
+scores in a chain of full-size tensors (logits, + mask, sinks appended, max-shifted, softmax), two of them alive at
+each step. At a GRPO prefill the keys span the whole static cache: 32 prompts x 64 heads x 128 queries x 1,152 keys
+in bf16 is 604 MB a copy. Measured: the chunks took 0.76 GiB off the 20b step's generation peak (docs/BENCHMARKS.md,
+run 4). Each query's row of attention is independent of the others, so slicing the queries changes no value, only
+the peak. Decoding (one query) and short sequences take a single chunk, which is the eager call itself.
 """
 
 import torch
@@ -16,7 +16,8 @@ from transformers.models.gpt_oss.modeling_gpt_oss import eager_attention_forward
 
 NAME = "oss_grpo_chunked_eager"
 SCORE_BUDGET_BYTES = 64 * 2**20
-"""One copy of a chunk's scores: eager keeps ~5 alive, so about 320 MB of scores at once, against ~3 GB unchunked."""
+"""One copy of a chunk's scores (eager holds two at a time): 128 MB of scores at once, against 1.2 GB unchunked at
+the 20b step's prefill."""
 
 
 def query_chunk(query: torch.Tensor, keys: int, budget: int) -> int:
