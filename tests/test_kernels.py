@@ -22,7 +22,8 @@ from oss_grpo.kernels.mxfp4_matmul import (
     runs_triton,
 )
 from oss_grpo.kernels.routing import ExpertGroups, route, sort_by_expert
-from oss_grpo.kernels.swiglu import swiglu
+from oss_grpo.kernels.swiglu import BLOCK as SWIGLU_BLOCK
+from oss_grpo.kernels.swiglu import swiglu, swiglu_torch
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 """Where the kernel tests put their inputs: the compiled kernels on a GPU, the interpreter otherwise."""
@@ -146,7 +147,32 @@ def test_swiglu_matches_transformers_gate() -> None:
     from oss_grpo.rl.tiny_model import tiny_config
 
     h = torch.randn(6, 32, dtype=torch.float64) * 6  # beyond the clamps on both sides
-    torch.testing.assert_close(swiglu(h), GptOssExperts(tiny_config())._apply_gate(h), rtol=0, atol=1e-12)
+    torch.testing.assert_close(swiglu_torch(h), GptOssExperts(tiny_config())._apply_gate(h), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_swiglu_matches_the_reference_forward_and_backward(dtype: torch.dtype) -> None:
+    """The Triton pass each way against autograd through `swiglu_torch`: values beyond both clamps, exactly at them
+    (torch passes the gradient there), a NaN, and a size that leaves the last program partly masked."""
+    g = torch.Generator().manual_seed(0)
+    rows, width = 5, 2 * (SWIGLU_BLOCK // 4 + 3)  # 5 x 259 outputs: two programs, the second mostly masked
+    h = (torch.randn(rows, width, generator=g) * 6).to(dtype)
+    h[0, :6] = torch.tensor([7.0, -7.0, 7.0, 7.0, -3.0, -7.0])  # gate and up on the bounds
+    h[1, 10] = float("nan")
+    dout = torch.randn(rows, width // 2, generator=g).to(dtype)
+    assert runs_triton(h.to(DEVICE))
+    got_h, ref_h = h.clone().to(DEVICE).requires_grad_(), h.clone().requires_grad_()
+    got, ref = swiglu(got_h), swiglu_torch(ref_h)
+    (got * dout.to(DEVICE)).sum().backward()
+    (ref * dout).sum().backward()
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=8e-3, atol=1e-5)  # bf16: 1 ulp
+    assert got.dtype == got_h.grad.dtype == dtype
+    torch.testing.assert_close(got.cpu(), ref.detach(), equal_nan=True, **tol)
+    torch.testing.assert_close(got_h.grad.cpu(), ref_h.grad, equal_nan=True, **tol)
+    assert got[1, 5].isnan()  # a NaN gate is not clamped away (its gradient is 0, as through torch.clamp)
+    assert (got_h.grad.cpu()[:, 0::2][h[:, 0::2].float() > 7] == 0).all()  # clamped gates pass no gradient
+    with pytest.raises(ValueError, match="even"):
+        swiglu(h[:, :-1])
 
 
 def inputs(counts: list[int], n: int, k: int, dtype: torch.dtype, seed: int) -> tuple:
