@@ -18,7 +18,9 @@ same run, median of triton.testing.do_bench (which flushes L2 between runs, so w
 next to the memory-bandwidth floor of ours (bytes of the experts touched + activations, at the copy bandwidth
 measured here) and our error against the float32 reference on random, non-zero inputs. Targets (issue #8): ours
 within 1.11x of bf16 grouped at M >= 4096 and 2x faster at <= 64 rows per expert. Last, the peak memory of a
-forward+backward through one gpt-oss-20b MoE layer, to show no bf16 copy of the experts is made.
+forward+backward through one gpt-oss-20b MoE layer, to show no bf16 copy of the experts is made, and the fused
+swiglu (kernels/swiglu.py) against its torch reference on [M, 5760] bf16: time forward and forward+backward, the
+no-grad forward's extra peak memory, next to its floor (read 2I, write I values).
 """
 
 import argparse
@@ -46,6 +48,7 @@ from oss_grpo.kernels.mxfp4_matmul import (
     mxfp4_matmul_transposed_torch,
 )
 from oss_grpo.kernels.routing import ExpertGroups, route, sort_by_expert
+from oss_grpo.kernels.swiglu import swiglu, swiglu_torch
 from oss_grpo.rl.moe import Mxfp4Experts
 
 HIDDEN = INTERMEDIATE = 2880
@@ -170,6 +173,32 @@ def peak_memory_of_one_layer(tokens: int, rank: int) -> str:
     )
 
 
+def swiglu_table(rows: list[int], bandwidth: float) -> str:
+    """Fused swiglu against `swiglu_torch` on `[M, 2I]` bf16 gate_up: us forward, us forward+backward, extra peak
+    MiB of a no-grad forward (what generation pays), and the forward's HBM floor."""
+    lines = ["| rows M | fused fwd | torch fwd | fused fwd+bwd | torch fwd+bwd | fused peak MiB | torch peak MiB"
+             " | fwd floor |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for m in rows:
+        h = torch.randn(m, 2 * INTERMEDIATE, device="cuda", dtype=torch.bfloat16) * 4
+        dout = torch.randn(m, INTERMEDIATE, device="cuda", dtype=torch.bfloat16)
+        row = [str(m)]
+        for fn in (swiglu, swiglu_torch):
+            row.append(f"{median_us(lambda: fn(h)):.1f}")
+        for fn in (swiglu, swiglu_torch):
+            leaf = h.clone().requires_grad_()
+            row.append(f"{median_us(lambda: fn(leaf).backward(dout)):.1f}")
+        for fn in (swiglu, swiglu_torch):
+            torch.cuda.synchronize()
+            before = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            with torch.no_grad():
+                fn(h)
+            row.append(f"{(torch.cuda.max_memory_allocated() - before) / 2**20:.0f}")
+        row.append(f"{h.numel() * 2 * 1.5 / bandwidth * 1e6:.1f}")
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
 def markdown(results: list[dict], bandwidth: float) -> str:
     lines = [
         f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}; copy bandwidth "
@@ -210,6 +239,8 @@ def main() -> None:
     print(markdown(results, bandwidth))
     print()
     print(peak_memory_of_one_layer(args.memory_tokens, rank=16))
+    print()
+    print(swiglu_table([r for r in map(int, args.rows.split(",")) if r >= 1024], bandwidth))
 
 
 if __name__ == "__main__":
