@@ -58,8 +58,8 @@ def warm_up() -> None:
 def warm_up_cuda() -> None:
     """Initialise CUDA and run every reference and the timer once on the GPU: the driver, cuBLAS and the libraries
     the references use load from files, which the sandbox's lock-down hides (sandbox.py, GPU profile). Called at
-    import when a GPU is visible and Triton is not interpreting. Only the sandbox child imports this module: the
-    trainer must not touch a GPU because a reward plugin was registered."""
+    import when a GPU is visible and Triton is not interpreting. The trainer never imports this module (the sandbox
+    child does; benches and tests that run trials in-process may): it must not touch a GPU for a reward's sake."""
     for task in KERNEL_TASKS.values():
         task.reference(*[t.cuda() for t in draw_inputs(task.cases[0].inputs, 0)])
     x = torch.ones(4, device="cuda")
