@@ -27,7 +27,7 @@ from oss_grpo.kernels.mxfp4_matmul import runs_triton
 ALPHA = 1.702
 LIMIT = 7.0
 BLOCK = 1024
-"""Outputs per program: an elementwise pass, memory-bound; not tuned (bench/mxfp4_matmul.py times the GEMMs only)."""
+"""Outputs per program: an elementwise pass, memory-bound; not tuned (bench/mxfp4_matmul.py times it, on no GPU yet)."""
 
 
 def swiglu_torch(gate_up: torch.Tensor, alpha: float = ALPHA, limit: float = LIMIT) -> torch.Tensor:
@@ -39,14 +39,21 @@ def swiglu_torch(gate_up: torch.Tensor, alpha: float = ALPHA, limit: float = LIM
 
 
 @triton.jit
-def _swiglu_kernel(H, OUT, n, alpha, limit, BLOCK: tl.constexpr):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # output i reads h[2i] (gate) and h[2i + 1]
-    mask = offs < n
-    gate = tl.load(H + 2 * offs, mask=mask, other=0.0).to(tl.float32)
-    up = tl.load(H + 2 * offs + 1, mask=mask, other=0.0).to(tl.float32)
-    gate = tl.minimum(gate, limit, propagate_nan=tl.PropagateNan.ALL)
-    up = tl.minimum(tl.maximum(up, -limit, propagate_nan=tl.PropagateNan.ALL), limit,
+def _gate_up(H, offs, mask, limit):
+    """Output i's (gate, up) pair, h[2i] and h[2i + 1], in float32: as loaded, and clamped (a NaN stays NaN)."""
+    h_gate = tl.load(H + 2 * offs, mask=mask, other=0.0).to(tl.float32)
+    h_up = tl.load(H + 2 * offs + 1, mask=mask, other=0.0).to(tl.float32)
+    gate = tl.minimum(h_gate, limit, propagate_nan=tl.PropagateNan.ALL)
+    up = tl.minimum(tl.maximum(h_up, -limit, propagate_nan=tl.PropagateNan.ALL), limit,
                     propagate_nan=tl.PropagateNan.ALL)
+    return h_gate, h_up, gate, up
+
+
+@triton.jit
+def _swiglu_kernel(H, OUT, n, alpha, limit, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    _, _, gate, up = _gate_up(H, offs, mask, limit)
     out = (up + 1.0) * gate * tl.sigmoid(alpha * gate)
     tl.store(OUT + offs, out.to(OUT.dtype.element_ty), mask=mask)
 
@@ -55,12 +62,8 @@ def _swiglu_kernel(H, OUT, n, alpha, limit, BLOCK: tl.constexpr):
 def _swiglu_backward_kernel(H, DOUT, DH, n, alpha, limit, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
-    h_gate = tl.load(H + 2 * offs, mask=mask, other=0.0).to(tl.float32)
-    h_up = tl.load(H + 2 * offs + 1, mask=mask, other=0.0).to(tl.float32)
+    h_gate, h_up, gate, up = _gate_up(H, offs, mask, limit)
     dout = tl.load(DOUT + offs, mask=mask, other=0.0).to(tl.float32)
-    gate = tl.minimum(h_gate, limit, propagate_nan=tl.PropagateNan.ALL)
-    up = tl.minimum(tl.maximum(h_up, -limit, propagate_nan=tl.PropagateNan.ALL), limit,
-                    propagate_nan=tl.PropagateNan.ALL)
     s = tl.sigmoid(alpha * gate)
     d_gate = tl.where(h_gate <= limit, dout * (up + 1.0) * s * (1.0 + alpha * gate * (1.0 - s)), 0.0)
     d_up = tl.where((h_up >= -limit) & (h_up <= limit), dout * gate * s, 0.0)
