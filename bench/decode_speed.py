@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
-from full_step import SHAPES, Settings, as_policy, build_model, generate
+from full_step import SHAPES, Settings, as_policy, build_model, generate, warm_up_settings
 from oss_grpo.rl.moe import use_fp32_routers
 
 
@@ -52,11 +52,9 @@ def timed_generate(model, prompt_ids: torch.Tensor, settings: Settings) -> tuple
 
 
 def speed(model, prompt_ids: torch.Tensor, settings: Settings) -> dict:
-    """Tokens/s per sequence of one warmed-up, seeded generation (prefill included), and its first 8 tokens.
-
-    The warm-up compiles Triton's kernels, and with `compile` records the CUDA graphs: at the same length, since the
-    static cache's size is part of what is compiled."""
-    timed_generate(model, prompt_ids, settings if settings.compile else dataclasses.replace(settings, new_tokens=2))
+    """Tokens/s per sequence of one generation (prefill included) after a warm-up (`warm_up_settings`), seeded, and
+    its first 8 tokens."""
+    timed_generate(model, prompt_ids, warm_up_settings(settings))
     torch.manual_seed(settings.seed)
     sequences, seconds = timed_generate(model, prompt_ids, settings)
     return {"seconds": seconds, "tokens_per_s_per_sequence": settings.new_tokens / seconds,

@@ -380,6 +380,12 @@ def decode_floor(shape: ModelShape, parts: dict[str, int], settings: Settings, h
     return {name: hbm_bytes_per_s / nbytes for name, nbytes in step.items()} | {"kv_bytes": kv}
 
 
+def warm_up_settings(settings: Settings) -> Settings:
+    """What a warm-up generates before a timed run: 2 new tokens compile Triton's kernels; a compiled decode is
+    specialised on the static cache's length, so with `compile` the full length (its CUDA graphs are recorded then)."""
+    return settings if settings.compile else dataclasses.replace(settings, new_tokens=2)
+
+
 def make_optimizer(params: list[torch.nn.Parameter], settings: Settings) -> torch.optim.Optimizer:
     if settings.optim == "adamw_8bit":
         import bitsandbytes as bnb
@@ -437,10 +443,7 @@ def run_mode(shape: ModelShape, mode: str, settings: Settings, device: torch.dev
         optimizer = make_optimizer(trainable, settings)
         if device.type == "cuda":
             with phases.measure("warm-up"):
-                # 2 new tokens compile Triton's kernels; a compiled decode is specialised on the static cache's
-                # length, so with --compile the warm-up generates the full length (the CUDA graphs are recorded then)
-                warm_up = settings if settings.compile else dataclasses.replace(settings, new_tokens=2)
-                grpo_step(policy, optimizer, warm_up, shape.vocab_size, Phases(device))
+                grpo_step(policy, optimizer, warm_up_settings(settings), shape.vocab_size, Phases(device))
         before = lora_b_sums(policy)
         result.update(grpo_step(policy, optimizer, settings, shape.vocab_size, phases))
         if earlier and "sequences" in earlier:

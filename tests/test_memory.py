@@ -138,7 +138,7 @@ def test_warning_when_it_does_not_fit() -> None:
     estimate = estimate_memory(config, model_shape(config), 266)
     report, fits = memory_report(estimate, 0.95 * estimate.total)
     assert not fits and "WARNING: this run will likely not fit" in report
-    assert "GPU budget" not in memory_report(estimate_memory(config, model_shape(config), 266), None)[0]
+    assert "GPU budget" not in memory_report(estimate, None)[0]
 
 
 def test_dimensions_come_from_a_local_config_json_or_the_tiny_model(tmp_path: Path) -> None:
