@@ -2,10 +2,10 @@
 
 The reference policy for the KL term is this same model with its adapters disabled (TRL does that for PEFT
 models), so no second copy of the weights is ever held. Attention is transformers' eager gpt-oss attention taken in
-query chunks (rl/attention.py). A released gpt-oss checkpoint (experts stored MXFP4) loads
-through rl/gpt_oss_loader.py with the experts kept MXFP4; a bf16 checkpoint loads through transformers and its
-experts are quantised once (rl/moe.py). With `load_in_4bit` the attention projections are then stored in NF4
-(rl/nf4.py), whichever way the model was built.
+query chunks (rl/attention.py). A released gpt-oss checkpoint (experts stored MXFP4) loads through
+rl/gpt_oss_loader.py with the experts kept MXFP4; a bf16 checkpoint loads through transformers and its experts are
+quantised once (rl/moe.py). With `load_in_4bit` the attention projections are then stored in NF4 (rl/nf4.py),
+whichever way the model was built.
 """
 
 from pathlib import Path
