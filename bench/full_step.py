@@ -21,7 +21,9 @@ other in one process (each model is freed before the next is built, so each peak
 Attention, embeddings and LM head are bf16 in both, or with --load-in-4bit the attention projections NF4 in both
 (rl/nf4.py, before LoRA is attached); --optim adamw_8bit gives both bitsandbytes' 8-bit AdamW. Attention is
 transformers' eager implementation (the one with sinks that is there without the kernel hub): as it is in the baseline,
-in query chunks in ours (rl/attention.py: the same values, 0.76 GiB less at the batched prefill).
+in query chunks in ours (rl/attention.py: the same values, 0.76 GiB less at the batched prefill). Ours also runs its
+experts in passes of at most 1,024 tokens (rl/moe.py), and with --offload-embedding keeps its input embedding table
+in host RAM (rl/host_embedding.py; 1.08 GiB), which TRL + PEFT do not offer the baseline.
 
 The step (`grpo_step`). Each phase runs between device synchronisations and records its seconds and its own peak
 memory (max_memory_allocated, reset at its start; for micro-batched phases the max over micro-batches):
@@ -68,6 +70,7 @@ from oss_grpo.kernels.mxfp4 import dequantize
 from oss_grpo.rl.attention import use_chunked_attention
 from oss_grpo.rl.config import TrainConfig
 from oss_grpo.rl.gpt_oss_loader import allocate, meta_model
+from oss_grpo.rl.host_embedding import HostEmbedding, offload_input_embedding
 from oss_grpo.rl.memory import GIB, MXFP4_BITS, RELEASED, ModelShape, param_counts
 from oss_grpo.rl.moe import PROJECTIONS, use_fp32_routers
 from oss_grpo.rl.nf4 import adapters_to_fp32, quantize_linears
@@ -108,6 +111,9 @@ class Settings:
     """`adamw` (torch, float32 moments) or `adamw_8bit` (bitsandbytes' blockwise 8-bit moments, 4x smaller)."""
     load_in_4bit: bool = False
     """Attention projections in NF4 through bitsandbytes (rl/nf4.py), in both modes."""
+    offload_embedding: bool = False
+    """Input embedding table in host RAM (rl/host_embedding.py), ours only: the baseline is TRL + PEFT as documented,
+    which have no such option."""
     seed: int = 0
 
     @property
@@ -216,6 +222,8 @@ def as_policy(model: GptOssForCausalLM, mode: str, settings: Settings) -> PeftMo
     add_fused_lm_head(model)  # before PEFT wraps it, as TRL does
     if mode == "ours":
         use_chunked_attention(model)  # the baseline keeps transformers' eager attention, as a user would have it
+        if settings.offload_embedding:
+            offload_input_embedding(model)
     if settings.load_in_4bit:
         quantize_linears(model)
     model = get_peft_model(model, config)
@@ -233,13 +241,15 @@ def float_expert_tensors(model: torch.nn.Module, shape: ModelShape) -> list[str]
 
 
 def bytes_by_part(model: torch.nn.Module) -> dict[str, int]:
-    """Bytes of the model's tensors: expert weights (MXFP4 buffers or bf16 stacks), LoRA factors, everything else."""
-    parts = {"experts": 0, "lora": 0, "dense": 0}
+    """Bytes of the model's GPU tensors: expert weights (MXFP4 buffers or bf16 stacks), LoRA factors, the input
+    embedding table, everything else; and `host`: an input embedding table kept in host RAM (offload_embedding)."""
+    parts = {"experts": 0, "lora": 0, "embedding": 0, "dense": 0}
     for name, t in [*model.named_parameters(), *model.named_buffers()]:
-        part = "lora" if "lora_" in name else \
+        part = "lora" if "lora_" in name else "embedding" if "embed_tokens" in name else \
             "experts" if ".mlp.experts." in name and not name.endswith("_bias") else "dense"
         parts[part] += t.numel() * t.element_size()
-    return parts
+    tables = [m.weight for m in model.modules() if isinstance(m, HostEmbedding)]
+    return parts | {"host": sum(t.numel() * t.element_size() for t in tables)}
 
 
 @dataclass
@@ -375,7 +385,7 @@ def decode_floor(shape: ModelShape, parts: dict[str, int], settings: Settings, h
     kv_position = 2 * shape.num_key_value_heads * shape.head_dim * 2  # bf16 K and V of one layer
     full_layers = shape.num_hidden_layers - shape.sliding_layers
     kv = settings.batch * kv_position * (full_layers * context + shape.sliding_layers * min(context, shape.sliding_window))
-    dense_read = parts["dense"] - shape.vocab_size * shape.hidden_size * 2 + parts["lora"]
+    dense_read = parts["dense"] + parts["lora"]
     step = {"experts_kv": parts["experts"] + kv, "all_weights_kv": parts["experts"] + kv + dense_read}
     return {name: hbm_bytes_per_s / nbytes for name, nbytes in step.items()} | {"kv_bytes": kv}
 
@@ -483,7 +493,8 @@ def markdown(report: dict) -> str:
              f" trl {report['versions']['trl']}; gpt-oss-{report['shape']} shape, random weights; {s['prompts']} prompts"
              f" x {s['group']} completions, {s['prompt_tokens']} prompt + {s['new_tokens']} new tokens, micro-batch"
              f" {s['micro_batch']}, LoRA r{s['rank']} (experts: {s['lora_experts']}), beta {s['beta']}"
-             f", compile {s['compile']}, optimizer {s['optim']}, NF4 attention {s['load_in_4bit']}", "",
+             f", compile {s['compile']}, optimizer {s['optim']}, NF4 attention {s['load_in_4bit']}, ours' input"
+             f" embedding in host RAM {s['offload_embedding']}", "",
              "| phase | " + " | ".join(f"{m} s | {m} peak GiB" for m in modes) + " |",
              "|---|" + "---:|---:|" * len(modes)]
     for name in ("build", "warm-up", *STEP, "step"):
@@ -540,12 +551,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--compile", action="store_true", help="let generate torch.compile the decode (CUDA graphs)")
     parser.add_argument("--optim", choices=["adamw", "adamw_8bit"], default="adamw")
     parser.add_argument("--load-in-4bit", action="store_true", help="NF4 attention projections (bitsandbytes)")
+    parser.add_argument("--offload-embedding", action="store_true", help="ours: input embedding table in host RAM")
     parser.add_argument("--hbm-tbs", type=float, default=3.35, help="HBM bandwidth for the floor (H100 SXM: 3.35)")
     parser.add_argument("--json", type=Path, help="write the report here (rewritten after each mode)")
     args = parser.parse_args(argv)
     given = {name: getattr(args, name) for name in DEFAULTS[args.shape] if getattr(args, name) is not None}
     settings = Settings(**(DEFAULTS[args.shape] | given), rank=args.rank, lora_experts=args.lora_experts,
-                        compile=args.compile, optim=args.optim, load_in_4bit=args.load_in_4bit)
+                        compile=args.compile, optim=args.optim, load_in_4bit=args.load_in_4bit,
+                        offload_embedding=args.offload_embedding)
     device = torch.device(args.device)
     import trl
 

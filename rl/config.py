@@ -43,6 +43,10 @@ class TrainConfig:
     PEFT's bitsandbytes layers. Saves 0.88 GiB on gpt-oss-20b (1.32 GiB on -120b) for an error of about 10% per
     weight (tests/test_nf4.py measures it on logits). The LM head, embeddings and router stay in `dtype`, the experts
     MXFP4; vLLM and `export --merged` get the dequantised weights. Needs bitsandbytes (the `gpu` extra)."""
+    offload_embedding: bool = False
+    """Keep the input embedding table (frozen; 1.08 GiB in bf16 on gpt-oss-20b and -120b) in host RAM and send only
+    the rows a forward looks up to the GPU (rl/host_embedding.py): a few KB per decode step. The LM head stays on the
+    GPU. Outputs are unchanged (tests/test_host_embedding.py)."""
     lora_r: int = 16
     """LoRA rank (Hu et al. 2021)."""
     lora_alpha: int = 32

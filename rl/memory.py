@@ -4,7 +4,8 @@ An estimate from the model's dimensions and the config, split the way memory is 
 
 - weights: MoE experts at 4.25 bits per weight when kept in MXFP4 (4-bit e2m1 codes plus one 8-bit e8m0 scale per
   32 weights), the attention projections' weight matrices at 4.127 bits with `load_in_4bit` (NF4, rl/nf4.py),
-  everything else (embeddings, LM head, attention biases, router, norms) in the config's dtype;
+  everything else (embeddings, LM head, attention biases, router, norms) in the config's dtype, less the input
+  embedding with `offload_embedding` (it is in host RAM);
 - KV cache of sampling: the batch (prompts_per_step * group_size sequences; with N data-parallel processes each
   holds 1/N of it) of prompt + completion tokens;
   sliding-attention layers keep at most `sliding_window` positions. With the vLLM generator this line is instead
@@ -163,7 +164,8 @@ def estimate_memory(config: TrainConfig, shape: ModelShape, prompt_tokens: int,
     params = param_counts(s)
     expert_bytes = params.experts * (MXFP4_BITS / 8 if config.mxfp4_experts else dense_bytes)
     nf4 = params.attention if config.load_in_4bit else 0
-    weights = expert_bytes + (params.dense - nf4) * dense_bytes + nf4 * NF4_BITS / 8
+    host = s.vocab_size * s.hidden_size if config.offload_embedding else 0  # the input embedding in host RAM
+    weights = expert_bytes + (params.dense - nf4 - host) * dense_bytes + nf4 * NF4_BITS / 8
 
     seq = prompt_tokens + config.max_completion_tokens
     batch = config.prompts_per_step * config.group_size // processes

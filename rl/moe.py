@@ -22,6 +22,11 @@ from oss_grpo.kernels.routing import ExpertGroups, route, sort_by_expert
 from oss_grpo.kernels.swiglu import swiglu
 
 PROJECTIONS = ("gate_up_proj", "down_proj")
+TOKENS_PER_PASS = 1024
+"""Most tokens the experts take in one pass; more are split into equal passes. Each token's routed copies hold about
+180 KB of bf16/float32 temporaries at gpt-oss-20b (its k copies of the input, gate_up, swiglu and down outputs, the
+reorder and the float32 combine), so a prefill of 32 x 128 prompt tokens at once would add ~750 MB to the peak of
+generation; in passes of 1,024 it adds ~190 MB. Decode steps and short micro-batches are one pass."""
 
 
 class Fp32Router(GptOssTopKRouter):
@@ -80,7 +85,22 @@ class Mxfp4Experts(nn.Module):
         routing_weights: torch.Tensor,
         lora: Mapping[str, ExpertLora] | None = None,
     ) -> torch.Tensor:
-        """`hidden_states [T, H]`, `router_indices [T, k]`, `routing_weights [T, k]` -> `[T, H]` in the input dtype."""
+        """`hidden_states [T, H]`, `router_indices [T, k]`, `routing_weights [T, k]` -> `[T, H]` in the input dtype,
+        in passes of at most `TOKENS_PER_PASS` tokens."""
+        passes = -(-hidden_states.shape[0] // TOKENS_PER_PASS)
+        if passes <= 1:
+            return self._forward(hidden_states, router_indices, routing_weights, lora)
+        chunk = -(-hidden_states.shape[0] // passes)
+        return torch.cat([self._forward(*parts, lora) for parts in zip(hidden_states.split(chunk),
+                          router_indices.split(chunk), routing_weights.split(chunk))])
+
+    def _forward(
+        self,
+        hidden_states: torch.Tensor,
+        router_indices: torch.Tensor,
+        routing_weights: torch.Tensor,
+        lora: Mapping[str, ExpertLora] | None,
+    ) -> torch.Tensor:
         compute = torch.bfloat16 if hidden_states.dtype == torch.bfloat16 else torch.float32
         lora = lora or {}
         tokens, top_k = router_indices.shape

@@ -5,7 +5,7 @@ models), so no second copy of the weights is ever held. Attention is transformer
 query chunks (rl/attention.py). A released gpt-oss checkpoint (experts stored MXFP4) loads through
 rl/gpt_oss_loader.py with the experts kept MXFP4; a bf16 checkpoint loads through transformers and its experts are
 quantised once (rl/moe.py). With `load_in_4bit` the attention projections are then stored in NF4 (rl/nf4.py),
-whichever way the model was built.
+whichever way the model was built; with `offload_embedding` the input embedding table moves to host RAM.
 """
 
 from pathlib import Path
@@ -18,6 +18,7 @@ from oss_grpo.rl.attention import use_chunked_attention
 from oss_grpo.rl.config import TrainConfig
 from oss_grpo.rl.errors import CheckpointError, ConfigError
 from oss_grpo.rl.gpt_oss_loader import is_mxfp4_checkpoint, load_mxfp4_gpt_oss
+from oss_grpo.rl.host_embedding import offload_input_embedding
 from oss_grpo.rl.moe import swap_experts
 from oss_grpo.rl.moe_lora import with_expert_lora
 from oss_grpo.rl.nf4 import quantize_linears, require_bitsandbytes
@@ -40,6 +41,8 @@ def load_policy(config: TrainConfig) -> PreTrainedModel:
     if config.optim == "adamw_8bit":
         require_bitsandbytes("optim=adamw_8bit")
     model = use_chunked_attention(_base_model(config))  # eager's values at a fraction of its prefill peak
+    if config.offload_embedding:
+        offload_input_embedding(model)
     return quantize_linears(model) if config.load_in_4bit else model
 
 

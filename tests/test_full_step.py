@@ -3,8 +3,8 @@ run works first time.
 
 Both modes run every phase of the step with finite losses and the step moves every LoRA factor (attention and
 experts); ours holds no float expert weight while the baseline does, and TRL's fused LM head, which the benchmark uses
-for every log-prob, equals the full-logits computation in values and gradients. NF4 attention and 8-bit AdamW shrink
-what they should. decode_speed's parts report on the same model.
+for every log-prob, equals the full-logits computation in values and gradients. NF4 attention, the embedding offload
+and 8-bit AdamW shrink what they should. decode_speed's parts report on the same model.
 """
 
 import importlib.util
@@ -79,12 +79,16 @@ def test_fused_lm_head_equals_full_logits_in_values_and_gradients() -> None:
         torch.testing.assert_close(fused_grads[name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_nf4_attention_and_8bit_adamw_shrink_weights_and_optimizer_state() -> None:
-    """The memory options of the GPU run, in ours: NF4 attention takes dense bytes off, 8-bit AdamW optimizer bytes."""
+def test_memory_options_shrink_weights_and_optimizer_state() -> None:
+    """The memory options of the GPU run, in ours: NF4 attention takes dense bytes off, the offload moves the whole
+    input embedding to the host, 8-bit AdamW shrinks the optimizer state."""
     reports = [full_step.main(["--shape", "tiny", "--device", "cpu", "--mode", "ours", "--new-tokens", "2", *extra])
-               for extra in ([], ["--load-in-4bit", "--optim", "adamw_8bit"])]
+               for extra in ([], ["--load-in-4bit", "--optim", "adamw_8bit", "--offload-embedding"])]
     plain, small = (r["modes"]["ours"] for r in reports)
     assert small["parts"]["dense"] < plain["parts"]["dense"] and small["parts"]["experts"] == plain["parts"]["experts"]
+    table = TINY.vocab_size * TINY.hidden_size * 2  # bf16
+    assert (plain["parts"]["embedding"], plain["parts"]["host"]) == (table, 0)
+    assert (small["parts"]["embedding"], small["parts"]["host"]) == (0, table)
     assert small["optimizer_state_bytes"] < plain["optimizer_state_bytes"] / 2
     assert small["lora_dtypes"] == ["torch.float32"] and small["lora_b_unchanged_by_step"] == []
 

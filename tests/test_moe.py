@@ -212,6 +212,34 @@ def test_expert_lora_equals_merged_weights_forward_and_backward() -> None:
     assert (base - logits).abs().max() > 1e-3
 
 
+def test_experts_in_passes_equal_one_pass_forward_and_backward(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A long input split into passes of TOKENS_PER_PASS (the prefill's memory cap) changes no logit or gradient:
+    24 tokens in passes of 5 (five passes of 5, 5, 5, 5, 4) against one pass."""
+    import oss_grpo.rl.moe as moe
+
+    def logits_and_grads() -> tuple[torch.Tensor, list[torch.Tensor]]:
+        torch.manual_seed(0)
+        peft_model, _ = lora_model()
+        logits = peft_model(IDS).logits
+        logits.pow(2).mean().backward()
+        return logits.detach(), [p.grad for p in peft_model.parameters() if p.requires_grad]
+
+    one_pass, one_pass_grads = logits_and_grads()
+    passes, forward = [], Mxfp4Experts._forward
+
+    def counted(self: Mxfp4Experts, hidden_states: torch.Tensor, *rest: object) -> torch.Tensor:
+        passes.append(len(hidden_states))
+        return forward(self, hidden_states, *rest)
+
+    monkeypatch.setattr(Mxfp4Experts, "_forward", counted)
+    monkeypatch.setattr(moe, "TOKENS_PER_PASS", 5)
+    in_passes, in_passes_grads = logits_and_grads()
+    assert passes == [5, 5, 5, 5, 4] * 2  # each of the tiny model's 2 layers
+    torch.testing.assert_close(in_passes, one_pass, rtol=1e-5, atol=1e-5)  # float32 GEMMs of other shapes
+    for got, want in zip(in_passes_grads, one_pass_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7)
+
+
 def test_tiny_model_in_bf16_is_the_float32_one_rounded() -> None:
     """The bf16 and float32 tiny models of a seed must be one model: on torch 2.11 (the H100 image) drawing the random
     biases straight into bf16 gave other numbers, and the bf16-vs-float32 logits test compared two different models."""
