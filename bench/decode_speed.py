@@ -16,6 +16,7 @@ experts, PEFT LoRA r16 on attention and experts, as the step trains it):
               bf16 size moves an inverse-CDF draw to another token)
     profile   torch.profiler over a short eager generation: the ops with the most GPU time and the most host time,
               and the GPU's busy fraction (kernel time over wall time): far under 1 means the host is the bottleneck
+    profile-compiled  the same over 64 tokens of the compiled decode: which kernels its time goes to
     syncs     host synchronisations per decode step (torch.cuda.set_sync_debug_mode), each with its Python line
     parity    ours against the bf16 baseline model (same weights) on one random batch, with transformers' bf16 router
               and with our float32 router put into the baseline, and those two baselines against each other: the
@@ -62,12 +63,15 @@ def speed(model, prompt_ids: torch.Tensor, settings: Settings) -> dict:
             "first_tokens": sequences[:, prompt_ids.shape[1] : prompt_ids.shape[1] + 8].tolist()}
 
 
-def profile(model, prompt_ids: torch.Tensor, settings: Settings, rows: int = 12) -> dict:
-    """Top ops by GPU time and by host time over a short eager generation, and the GPU's busy fraction."""
+def profile(model, prompt_ids: torch.Tensor, settings: Settings, tokens: int = 8, rows: int = 12) -> dict:
+    """Top ops by GPU time and by host time over a short generation of `tokens` (eager, or compiled with
+    `settings.compile`: compiled and its CUDA graphs recorded at that length first), and the GPU's busy fraction."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    short = dataclasses.replace(settings, new_tokens=8, compile=False)
+    short = dataclasses.replace(settings, new_tokens=tokens)
+    if short.compile:
+        timed_generate(model, prompt_ids, short)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if prompt_ids.is_cuda else [])
     with torch_profile(activities=activities) as prof:
         _, seconds = timed_generate(model, prompt_ids, short)
@@ -201,6 +205,8 @@ def measure_generation(shape, device: torch.device, settings: Settings, parts: l
                 results[part] = compiled_vs_eager(model, prompt_ids, settings)
             elif part == "profile":
                 results[part] = profile(model, prompt_ids, settings)
+            elif part == "profile-compiled":  # 64 tokens: the decode steps' kernels outweigh the prefill's
+                results[part] = profile(model, prompt_ids, dataclasses.replace(settings, compile=True), tokens=64)
             elif part == "syncs" and device.type == "cuda":
                 results[part] = syncs(model, prompt_ids, settings)
         except Exception as err:  # a bench part that fails is reported, and the others still run
