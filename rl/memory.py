@@ -210,7 +210,8 @@ def memory_report(estimate: MemoryEstimate, budget_bytes: float | None) -> tuple
     lines.append(f"  GPU budget {budget_bytes / GIB:.2f} GiB, needed with CUDA context {needed / GIB:.2f} GiB")
     if not fits:
         lines.append("WARNING: this run will likely not fit: lower micro_batch_size, group_size, prompts_per_step "
-                     "or max_completion_tokens, turn on gradient_checkpointing, mxfp4_experts and load_in_4bit "
+                     "or max_completion_tokens, turn on gradient_checkpointing, mxfp4_experts, load_in_4bit and "
+                     "offload_embedding "
                      "(docs/TROUBLESHOOTING.md, out of memory)")
     return "\n".join(lines), fits
 
