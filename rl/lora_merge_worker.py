@@ -7,10 +7,16 @@ documented hook for adding methods to every worker, and with `VLLM_SERVER_DEV_MO
 
 - `oss_grpo_describe()`: the vocabulary size and `sums` of the embedding shard the worker holds, so a trainer
   refuses a server that serves another model.
-- `oss_grpo_load_lora(modules, factors)`: `modules` is a JSON list of checkpoint module names, `factors` base64 of
-  safetensors bytes with `{module}.lora_A` / `{module}.lora_B` (rl/weight_sync.py `lora_factors`). The worker reads
-  those modules' base weights and biases from the checkpoint files once, keeps them in CPU memory, computes
-  W = W_base + B A and reloads the modules in place with vLLM's `reload_weights`, as the colocated engine does.
+- `oss_grpo_set_base(weights)`: `{module}.weight` tensors (base64 safetensors) that replace the checkpoint's base
+  weight of those modules from now on. With NF4 attention (`load_in_4bit`) the trainer's policy computes with the
+  NF4-rounded weights, not the checkpoint's, so it sends them once (in parts) before its first sync.
+- `oss_grpo_load_lora(modules, factors, rounded)`: `modules` is a JSON list of checkpoint module names, `factors`
+  base64 of safetensors bytes with `{module}.lora_A` / `{module}.lora_B` (rl/weight_sync.py `lora_factors`),
+  `rounded` the JSON list of modules whose base must have come from `oss_grpo_set_base` (a server restarted since
+  has lost them: it answers an `error` and changes nothing; rounded bases it does not list, an earlier NF4 run's,
+  go back to the checkpoint's). The worker reads those modules' base weights and biases from the checkpoint files once,
+  keeps them in CPU memory, computes W = W_base + B A and reloads the modules in place with vLLM's
+  `reload_weights`, as the colocated engine does.
 
 The base comes from the checkpoint files, not from the engine, because vLLM repacks linears after loading (on CPU)
 and every sync overwrites them. With tensor parallelism each worker merges whole matrices and vLLM's loader takes
@@ -31,9 +37,9 @@ PARTS = ("weight", "bias")
 """A linear's tensors in a checkpoint; vLLM's in-place reload needs both (gpt-oss attention has biases)."""
 
 
-def encode_factors(factors: dict[str, torch.Tensor]) -> str:
-    """LoRA factors as the ASCII text a `/collective_rpc` string argument can carry."""
-    return base64.b64encode(save({k: v.cpu() for k, v in factors.items()})).decode("ascii")
+def encode_tensors(tensors: dict[str, torch.Tensor]) -> str:
+    """Tensors (LoRA factors, rounded base weights) as the ASCII text a `/collective_rpc` string argument can carry."""
+    return base64.b64encode(save({k: v.cpu().contiguous() for k, v in tensors.items()})).decode("ascii")
 
 
 def sums(weight: torch.Tensor) -> tuple[float, float]:
@@ -87,17 +93,38 @@ class LoraMergeExtension:
         return {"vocab_size": self.vllm_config.model_config.get_vocab_size(), "embedding_sum": total,
                 "embedding_squares": squares}
 
-    def oss_grpo_load_lora(self, modules: str, factors: str) -> dict:
+    def oss_grpo_set_base(self, weights: str) -> dict:
+        rounded = {name.removesuffix(".weight"): w for name, w in load(base64.b64decode(weights)).items()}
+        base = self._oss_grpo_base(list(rounded))
+        for module, weight in rounded.items():
+            base[module]["weight"] = weight
+        self.__dict__.setdefault("oss_grpo_rounded", set()).update(rounded)
+        return {"modules": len(rounded)}
+
+    def oss_grpo_load_lora(self, modules: str, factors: str, rounded: str = "[]") -> dict:
         start = time.perf_counter()
         names, lora = json.loads(modules), load(base64.b64decode(factors))
-        base = self.__dict__.setdefault("oss_grpo_base", {})  # module -> {"weight", "bias"}: read once, kept
-        new = [m for m in names if m not in base]
+        wanted, held = set(json.loads(rounded)), self.__dict__.setdefault("oss_grpo_rounded", set())
+        if wanted - held:  # answered, not raised: the trainer names it (a worker's exception reaches it as a bare 500)
+            return {"error": f"it lacks the trainer's NF4-rounded base of {len(wanted - held)} modules "
+                             f"({min(wanted - held)}, ...): restarted since the run started? Resume the run"}
+        stale = held - wanted  # an earlier NF4 run's bases: this trainer's policy has the checkpoint's
+        for module in stale:
+            self.oss_grpo_base.pop(module)
+        held -= stale
+        names += sorted(stale - set(names))  # reloaded too, so that no rounded weight stays in the engine
+        tensors = merge(names, self._oss_grpo_base(names), lora)
+        self.reload_weights(weights_iterator=list(tensors.items()))
+        return {"modules": len(names), "seconds": time.perf_counter() - start}
+
+    def _oss_grpo_base(self, modules: list[str]) -> dict[str, dict[str, torch.Tensor]]:
+        """Module -> {"weight", "bias"} for at least `modules`: read from the checkpoint once, kept in CPU memory."""
+        base = self.__dict__.setdefault("oss_grpo_base", {})
+        new = [m for m in modules if m not in base]
         if new:
             found = read_tensors(self._oss_grpo_checkpoint(), {f"{m}.{k}" for m in new for k in PARTS})
             base.update({m: {k: found[f"{m}.{k}"] for k in PARTS if f"{m}.{k}" in found} for m in new})
-        tensors = merge(names, base, lora)
-        self.reload_weights(weights_iterator=list(tensors.items()))
-        return {"modules": len(names), "seconds": time.perf_counter() - start}
+        return base
 
     def _oss_grpo_checkpoint(self) -> Path:
         """The served checkpoint's folder: the path given to `vllm serve`, or its hub snapshot vLLM downloaded."""

@@ -15,7 +15,9 @@ The trainer needs no vLLM installed for this backend, and no HTTP library beyond
 3. Weight sync sends only the LoRA factors (rl/weight_sync.py `lora_factors`, base64 safetensors) to
    `POST /collective_rpc` (vLLM's dev endpoint, `VLLM_SERVER_DEV_MODE=1`); rl/lora_merge_worker.py merges them into
    the base weights it keeps and reloads the layers in place. Then `POST /reset_prefix_cache`: cached KV entries
-   came from the old weights. The payload's size and the server's merge time are logged with the sync.
+   came from the old weights. The payload's size and the server's merge time are logged with the sync. With NF4
+   attention the first sync also sends the NF4-rounded attention weights, in parts of at most `PART_BYTES` (20b:
+   1.27 GB once), which the server merges into from then on instead of the checkpoint's.
 4. `check` refuses, naming the URL, a server that serves another model or tokenizer: vocabulary size, a checksum of
    the embedding, a Harmony tokenisation probe, and a max_model_len below `vllm_max_model_len`.
 5. A timeout or a dropped connection is retried once (logged), then raises GeneratorError, which rl/train.py turns
@@ -31,14 +33,15 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+import torch
 from torch import nn
 
 from oss_grpo.rl.config import TrainConfig
 from oss_grpo.rl.errors import ConfigError, GeneratorError
 from oss_grpo.rl.generator import ALLOWED_KEY, Completion, Sampling, prompt_seeds
 from oss_grpo.rl.harmony import harmony_tokenizer, parse_completion, stop_token_ids
-from oss_grpo.rl.lora_merge_worker import encode_factors, sums
-from oss_grpo.rl.weight_sync import lora_factors
+from oss_grpo.rl.lora_merge_worker import encode_tensors, sums
+from oss_grpo.rl.weight_sync import lora_factors, nf4_base_weights
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -48,6 +51,8 @@ PROBE = "<|start|>assistant<|channel|>final<|message|>Move left, then up.<|retur
 UNREACHABLE = (urllib.error.URLError, OSError, http.client.HTTPException)
 """No answer: connection refused or reset, timed out, a response cut short (an error status is an answer:
 `_post` turns it into GeneratorError first)."""
+PART_BYTES = 128 * 2**20
+"""Most tensor bytes one `/collective_rpc` request carries (a base64 JSON body is 4/3 of it)."""
 EMBEDDING_TOLERANCE = 1e-2
 """Largest gap between the two embeddings' sums (and 1/10 of it between their norms), relative to the norm: dtype
 rounding stays ~10x below it, another model or seed lands ~100x above it (see lora_merge_worker.sums)."""
@@ -67,11 +72,27 @@ def runs(prompts: list[list[int]], seeds: list[int | None]) -> list[tuple[int, i
     return found
 
 
+def tensor_parts(tensors: dict[str, torch.Tensor], limit: int) -> list[dict[str, torch.Tensor]]:
+    """`tensors` in order, cut into parts of at most `limit` bytes (a larger tensor is a part of its own)."""
+    parts: list[dict[str, torch.Tensor]] = []
+    size = limit
+    for name, tensor in tensors.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if size + nbytes > limit:
+            parts.append({})
+            size = 0
+        parts[-1][name] = tensor
+        size += nbytes
+    return parts
+
+
 class VllmServerGenerator:
     """The Generator protocol on a `vllm serve` process at `url`."""
 
     def __init__(self, url: str, timeout_s: float, stop_ids: list[int]) -> None:
         self.url, self.timeout_s, self.stop_ids = url.rstrip("/"), timeout_s, stop_ids
+        self.rounded: list[str] | None = None
+        """Modules whose NF4-rounded base this server was sent (None: not yet sent)."""
 
     @classmethod
     def from_policy(cls, model: nn.Module, config: TrainConfig) -> "VllmServerGenerator":
@@ -175,14 +196,26 @@ class VllmServerGenerator:
         )
 
     def sync_from(self, model: nn.Module) -> dict[str, float]:
-        """Send `model`'s LoRA factors; the server merges and reloads them (point 3). Returns what to log."""
+        """Send `model`'s LoRA factors, the first time after its NF4-rounded bases; the server merges and reloads
+        them (point 3). Returns what to log."""
+        sent = 0
+        if self.rounded is None:
+            weights = nf4_base_weights(model)
+            for part in tensor_parts(weights, PART_BYTES):
+                text = encode_tensors(part)
+                self._rpc("sending the NF4-rounded base weights", "oss_grpo_set_base", weights=text)
+                sent += len(text)
+            self.rounded = sorted(name.removesuffix(".weight") for name in weights)
         modules, factors = lora_factors(model)
-        payload = encode_factors(factors)
-        workers = self._rpc("the LoRA sync", "oss_grpo_load_lora", modules=json.dumps(modules), factors=payload)
+        payload = encode_tensors(factors)
+        workers = self._rpc("the LoRA sync", "oss_grpo_load_lora", modules=json.dumps(modules), factors=payload,
+                            rounded=json.dumps(self.rounded))
+        if errors := [w["error"] for w in workers if "error" in w]:
+            raise GeneratorError(f"vLLM server {self.url} refused the LoRA sync: {errors[0]}")
         if not self._call("resetting the prefix cache", lambda: self._post("/reset_prefix_cache", {}))["success"]:
             raise GeneratorError(f"vLLM server {self.url} kept its prefix cache after a sync (requests running?): "
                                  "its cached KV would come from the old weights")
-        return {"megabytes": len(payload) / 1e6, "server_seconds": max(w["seconds"] for w in workers)}
+        return {"megabytes": (sent + len(payload)) / 1e6, "server_seconds": max(w["seconds"] for w in workers)}
 
     def close(self) -> None:
         """Nothing to release: every request opens its own connection (the server outlives the run)."""

