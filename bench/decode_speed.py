@@ -35,9 +35,9 @@ import warnings
 from pathlib import Path
 
 import torch
-from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+from transformers import LogitsProcessor, LogitsProcessorList
 
-from full_step import SHAPES, Settings, as_policy, build_model, generate, warm_up_settings
+from full_step import SHAPES, Settings, as_policy, build_model, generate, random_ids, warm_up_settings
 from oss_grpo.rl.moe import use_fp32_routers
 
 
@@ -106,7 +106,7 @@ def syncs(model, prompt_ids: torch.Tensor, settings: Settings) -> dict:
 
 
 class ForcedTokens(LogitsProcessor):
-    """Makes greedy `generate` emit `tokens[:, t]` at step t whatever the model says, and keeps the model's own
+    """Makes `generate` emit `tokens[:, t]` at step t whatever the model says, and keeps the model's own
     log-probs for the first `keep` steps: two runs then decode identical inputs, so their distributions compare."""
 
     def __init__(self, tokens: torch.Tensor, prompt_length: int, keep: int) -> None:
@@ -123,12 +123,8 @@ class ForcedTokens(LogitsProcessor):
 def forced_logprobs(model, prompt_ids: torch.Tensor, settings: Settings, tokens: torch.Tensor,
                     keep: int) -> torch.Tensor:
     """`[B, keep, V]` next-token log-probs while generating `tokens` `[B, new_tokens]` (eager or compiled)."""
-    forced = ForcedTokens(tokens, prompt_ids.shape[1], keep)
-    config = GenerationConfig(do_sample=False, max_new_tokens=settings.new_tokens, min_new_tokens=settings.new_tokens,
-                              pad_token_id=model.config.pad_token_id, cache_implementation="static",
-                              disable_compile=not settings.compile)
-    model.generate(input_ids=prompt_ids, attention_mask=torch.ones_like(prompt_ids), generation_config=config,
-                   logits_processor=LogitsProcessorList([forced]))
+    forced = ForcedTokens(tokens, prompt_ids.shape[1], keep)  # leaves one finite logit: sampling picks that token
+    generate(model, prompt_ids, settings, logits_processor=LogitsProcessorList([forced]))
     return torch.stack(forced.logprobs, 1)
 
 
@@ -149,8 +145,8 @@ def compiled_vs_eager(model, prompt_ids: torch.Tensor, settings: Settings, keep:
     random deep MoE turns rounding into visible gaps (docs/BENCHMARKS.md): compiled decoding computes what eager
     does when its gap is the yardstick's size, and is broken when it is far larger."""
     vocab = model.config.vocab_size
-    tokens = torch.randint(0, min(vocab - 1, 199_000), (prompt_ids.shape[0], settings.new_tokens),
-                           generator=torch.Generator().manual_seed(1)).to(prompt_ids.device)
+    tokens = random_ids(vocab, (prompt_ids.shape[0], settings.new_tokens), torch.Generator().manual_seed(1))
+    tokens = tokens.to(prompt_ids.device)
     eager_settings = dataclasses.replace(settings, compile=False)
     eager = forced_logprobs(model, prompt_ids, eager_settings, tokens, keep)
     compiled = forced_logprobs(model, prompt_ids, dataclasses.replace(settings, compile=True), tokens, keep)
@@ -170,8 +166,7 @@ def next_token_logprobs(model, ids: torch.Tensor) -> torch.Tensor:
 def parity(shape, device: torch.device, tokens: int, seed: int = 0) -> dict:
     """Ours against the baseline on one random batch: log-prob gaps, and how often the routers pick different
     experts for the same (layer-0) input."""
-    ids = torch.randint(0, 200_000 if shape.vocab_size > 200_000 else shape.vocab_size - 1, (4, tokens),
-                        generator=torch.Generator().manual_seed(seed)).to(device)
+    ids = random_ids(shape.vocab_size, (4, tokens), torch.Generator().manual_seed(seed)).to(device)
     ours = build_model(shape, "ours", device, seed)
     ours_logps = next_token_logprobs(ours, ids)
     hidden = ours.model.layers[0].post_attention_layernorm(ours.model.embed_tokens(ids).view(-1, shape.hidden_size))
@@ -192,8 +187,8 @@ def parity(shape, device: torch.device, tokens: int, seed: int = 0) -> dict:
 def measure_generation(shape, device: torch.device, settings: Settings, parts: list[str], save) -> None:
     """The generation parts on the policy as the step trains it (ours, LoRA on attention and experts)."""
     model = as_policy(build_model(shape, "ours", device), "ours", settings).eval()
-    prompt_ids = torch.randint(0, min(shape.vocab_size - 1, 199_000), (settings.batch, settings.prompt_tokens),
-                               generator=torch.Generator().manual_seed(0)).to(device)
+    prompt_ids = random_ids(shape.vocab_size, (settings.batch, settings.prompt_tokens),
+                            torch.Generator().manual_seed(0)).to(device)
     results = {}
     for part in parts:
         try:

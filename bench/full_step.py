@@ -133,6 +133,11 @@ def pad_id(shape: ModelShape) -> int:
     return PAD_ID if shape.vocab_size > PAD_ID else shape.vocab_size - 1
 
 
+def random_ids(vocab_size: int, size: tuple[int, ...], generator: torch.Generator | None = None) -> torch.Tensor:
+    """Uniform token ids below the padding id (ordinary o200k tokens, never a special one), on the CPU."""
+    return torch.randint(0, min(vocab_size - 1, PAD_ID), size, generator=generator)
+
+
 def gpt_oss_config(shape: ModelShape) -> GptOssConfig:
     """transformers' config for `shape`; no stop token, so every completion has exactly the requested length."""
     return GptOssConfig(
@@ -284,14 +289,16 @@ class Phases:
         self.current = None
 
 
-def generate(model: PeftModel, prompt_ids: torch.Tensor, settings: Settings) -> torch.Tensor:
-    """`[B, P]` prompts -> `[B, P + new_tokens]`, sampled at temperature 1 with a static KV cache."""
+def generate(model: PeftModel, prompt_ids: torch.Tensor, settings: Settings, **kwargs) -> torch.Tensor:
+    """`[B, P]` prompts -> `[B, P + new_tokens]`, sampled at temperature 1 with a static KV cache; `kwargs` go to
+    `model.generate` (decode_speed passes a logits processor that forces the tokens)."""
     config = GenerationConfig(
         do_sample=True, temperature=1.0, top_p=1.0, top_k=None, max_new_tokens=settings.new_tokens,
         min_new_tokens=settings.new_tokens, pad_token_id=model.config.pad_token_id, cache_implementation="static",
         disable_compile=not settings.compile,  # transformers compiles a static-cache decode on CUDA by default
     )
-    return model.generate(input_ids=prompt_ids, attention_mask=torch.ones_like(prompt_ids), generation_config=config)
+    return model.generate(input_ids=prompt_ids, attention_mask=torch.ones_like(prompt_ids), generation_config=config,
+                          **kwargs)
 
 
 def completion_logprobs(model: PeftModel, sequences: torch.Tensor, completion_tokens: int,
@@ -335,7 +342,7 @@ def grpo_step(model: PeftModel, optimizer: torch.optim.Optimizer, settings: Sett
     CPU) the sampled sequences with their reference log-probs, for the other mode to score."""
     device = phases.device
     cpu = torch.Generator().manual_seed(settings.seed)
-    prompts = torch.randint(0, min(vocab - 1, PAD_ID), (settings.prompts, settings.prompt_tokens), generator=cpu)
+    prompts = random_ids(vocab, (settings.prompts, settings.prompt_tokens), cpu)
     prompt_ids = prompts.repeat_interleave(settings.group, dim=0).to(device)  # (B, P): a group per prompt
     model.eval()
     torch.manual_seed(settings.seed)
