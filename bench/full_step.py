@@ -72,6 +72,7 @@ from oss_grpo.rl.config import TrainConfig
 from oss_grpo.rl.gpt_oss_loader import allocate, meta_model
 from oss_grpo.rl.host_embedding import HostEmbedding, offload_input_embedding
 from oss_grpo.rl.memory import GIB, MXFP4_BITS, RELEASED, ModelShape, param_counts
+from oss_grpo.rl import moe
 from oss_grpo.rl.moe import PROJECTIONS, use_fp32_routers
 from oss_grpo.rl.nf4 import adapters_to_fp32, quantize_linears
 from oss_grpo.rl.policy import lora_config
@@ -559,9 +560,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--optim", choices=["adamw", "adamw_8bit"], default="adamw")
     parser.add_argument("--load-in-4bit", action="store_true", help="NF4 attention projections (bitsandbytes)")
     parser.add_argument("--offload-embedding", action="store_true", help="ours: input embedding table in host RAM")
+    parser.add_argument("--moe-pass-tokens", type=int, default=moe.TOKENS_PER_PASS,
+                        help="ours: most tokens the experts take in one pass (rl/moe.py)")
     parser.add_argument("--hbm-tbs", type=float, default=3.35, help="HBM bandwidth for the floor (H100 SXM: 3.35)")
     parser.add_argument("--json", type=Path, help="write the report here (rewritten after each mode)")
     args = parser.parse_args(argv)
+    moe.TOKENS_PER_PASS = args.moe_pass_tokens
     given = {name: getattr(args, name) for name in DEFAULTS[args.shape] if getattr(args, name) is not None}
     settings = Settings(**(DEFAULTS[args.shape] | given), rank=args.rank, lora_experts=args.lora_experts,
                         compile=args.compile, optim=args.optim, load_in_4bit=args.load_in_4bit,

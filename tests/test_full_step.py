@@ -79,11 +79,16 @@ def test_fused_lm_head_equals_full_logits_in_values_and_gradients() -> None:
         torch.testing.assert_close(fused_grads[name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_memory_options_shrink_weights_and_optimizer_state() -> None:
+def test_memory_options_shrink_weights_and_optimizer_state(monkeypatch) -> None:
     """The memory options of the GPU run, in ours: NF4 attention takes dense bytes off, the offload moves the whole
-    input embedding to the host, 8-bit AdamW shrinks the optimizer state."""
+    input embedding to the host, 8-bit AdamW shrinks the optimizer state; the experts' passes can be set."""
+    from oss_grpo.rl import moe
+
+    monkeypatch.setattr(moe, "TOKENS_PER_PASS", moe.TOKENS_PER_PASS)  # restored after the run that sets it
     reports = [full_step.main(["--shape", "tiny", "--device", "cpu", "--mode", "ours", "--new-tokens", "2", *extra])
-               for extra in ([], ["--load-in-4bit", "--optim", "adamw_8bit", "--offload-embedding"])]
+               for extra in ([], ["--load-in-4bit", "--optim", "adamw_8bit", "--offload-embedding",
+                                  "--moe-pass-tokens", "5"])]
+    assert moe.TOKENS_PER_PASS == 5
     plain, small = (r["modes"]["ours"] for r in reports)
     assert small["parts"]["dense"] < plain["parts"]["dense"] and small["parts"]["experts"] == plain["parts"]["experts"]
     table = TINY.vocab_size * TINY.hidden_size * 2  # bf16
