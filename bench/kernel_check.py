@@ -11,8 +11,8 @@ row loop; and the correct Triton softmax, which adds Triton's interpreter and is
 harness alone, in this process (no sandbox, no start-up): `run_trials` without and with timing, which isolates what
 the speed-up path adds per sample from the start-up noise. Prints markdown tables.
 
-`--device cuda` runs every check in the sandbox's GPU profile and times on the GPU; the Triton softmax is then
-checked once and its verdict printed (Triton must compile inside the jail there), not timed as a row.
+`--device cuda` runs every check in the sandbox's GPU profile and times on the GPU, the Triton softmax included:
+compiled inside the jail (rewards/_triton_jail.py) and timed like the others.
 """
 
 import argparse
@@ -39,12 +39,15 @@ def main() -> None:
     softmax_triton = (SOLUTIONS / "softmax_triton.py").read_text()
     profile = sandbox.GPU if args.device == "cuda" else sandbox.CPU
 
-    speedups: dict[str, list[float]] = {"PyTorch softmax": [], "row-loop softmax": []}
+    names = {softmax_torch: "PyTorch softmax", ROW_LOOP: "row-loop softmax", softmax_triton: "Triton softmax"}
+    speedups: dict[str, list[float]] = {name: [] for name in names.values()}
 
     def check(source: str, timing: bool = True) -> KernelVerdict:
         verdict = check_kernel(KERNEL_TASKS["softmax"], source, timing=timing, device=args.device)
         if verdict.speedup is not None:
-            speedups["row-loop softmax" if source == ROW_LOOP else "PyTorch softmax"].append(verdict.speedup)
+            speedups[names[source]].append(verdict.speedup)
+        elif verdict.correct != 1.0:
+            print(f"{names[source]} failed: {verdict}")
         return verdict
 
     rows = {
@@ -59,7 +62,8 @@ def main() -> None:
         rows["check_kernel, Triton softmax (TRITON_INTERPRET=1, not timed)"] = \
             lambda: check(softmax_triton).correct == 1.0
     else:
-        print(f"Triton softmax in the GPU jail: {check(softmax_triton)}\n")
+        rows["check_kernel, Triton softmax, compiled in the jail, with the speed-up"] = \
+            lambda: check(softmax_triton).speedup is not None
     times: dict[str, list[float]] = {name: [] for name in rows}
     for fn in rows.values():  # warm-up: page cache, first-import costs
         assert fn()
@@ -74,6 +78,8 @@ def main() -> None:
     harness_rows(softmax_torch, args.samples, args.device)
     print("\n| kernel | median speed-up over torch.softmax | min | max |\n|---|---|---|---|")
     for name, values in speedups.items():
+        if not values:
+            continue
         print(f"| {name} | {statistics.median(values):.3f} | {min(values):.3f} | {max(values):.3f} |")
 
 

@@ -66,6 +66,11 @@ def _new_root(payload: dict) -> None:
             os.makedirs(os.path.dirname(target), exist_ok=True)
             os.close(os.open(target, os.O_CREAT | os.O_WRONLY, 0o600))  # a file to mount the node over
             _libc_call("mount", device.encode(), target.encode(), None, _MS_BIND, None)
+        for path in payload["files"]:  # the profile's host files, copied: the new root is private
+            target = "." + path
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with open(path, "rb") as source, open(target, "wb") as copy:
+                copy.write(source.read())
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.syscall(_NR_PIVOT_ROOT[os.uname().machine], b".", b".old_root") != 0:
             raise OSError(ctypes.get_errno(), "pivot_root failed")

@@ -18,8 +18,7 @@ fails the sample ("tampered"); a timed round that disagrees with the reference z
 only for a fully correct kernel. On a CPU, PyTorch kernels are timed for real; Triton kernels run in Triton's
 interpreter (`TRITON_INTERPRET=1`), whose speed says nothing about the kernel, so they are not timed (`speedup`
 None, `speedup_note` says why). `device="cuda"` runs the check in the sandbox's GPU profile (sandbox.py), inputs
-on the GPU and CUDA events for the clock: written without a GPU and never run on one; Triton kernels cannot compile
-in that jail yet (Triton execs `ptxas`, which seccomp denies), so there only PyTorch kernels would score.
+on the GPU and CUDA events for the clock; compiled Triton kernels build there without exec (`_triton_jail`).
 """
 
 import dataclasses
@@ -32,15 +31,16 @@ import torch
 
 from oss_grpo.envs.kernelgen import ALLOWED_IMPORTS, KERNEL_TASKS, KernelTask
 from oss_grpo.rewards import sandbox
-from oss_grpo.rewards._kernel_bytes import decode, draw_inputs, encode
+from oss_grpo.rewards._kernel_bytes import GPU_CHILD_ENV, decode, draw_inputs, encode
 from oss_grpo.rewards.kernel_policy import kernel_findings
 from oss_grpo.rewards.source_check import check_source
 from oss_grpo.rl.errors import SandboxError
 
 HARNESS = "oss_grpo.rewards._kernel_harness:run_trials"
-RUNTIME_IMPORTS = frozenset({"builtins", "collections", "numpy"})
-"""What Triton's interpreter imports (already loaded) inside a kernel call; the sandbox's import guard must admit
-them at run time, while the static check still refuses them in the model's code."""
+RUNTIME_IMPORTS = frozenset({"builtins", "collections", "numpy", "ntpath"})
+"""What Triton imports (already loaded) inside a kernel call: its interpreter the first three, its GPU compiler
+`ntpath` (Python 3.12's `pathlib.Path()` imports it in every call; traced on an H100). The sandbox's import guard
+must admit them at run time, while the static check still refuses them in the model's code."""
 TIMEOUT_S = 90.0
 """Wall clock of one sample's sandbox call: ~3 s of torch/Triton start-up plus every trial under the interpreter."""
 MEMORY_MB = 2048
@@ -138,7 +138,7 @@ def check_kernel(task: KernelTask, source: str, *, seed: int | None = None, timi
     """Run every trial of `task` on `source` in one sandbox call and judge it; never raises for what the code does.
 
     `timing` asks for the speed-up; `device` is "cpu" (Triton interpreted, the default jail) or "cuda" (the
-    sandbox's GPU profile: PyTorch kernels run and are timed there; compiled Triton fails in that jail)."""
+    sandbox's GPU profile: PyTorch and compiled Triton kernels run and are timed there)."""
     report = check_source(source, ALLOWED_IMPORTS)  # the sandbox admits RUNTIME_IMPORTS too; the code may not
     findings = [report.syntax_error] if report.syntax_error else [*report.findings, *kernel_findings(source, task)]
     if findings:
@@ -151,7 +151,7 @@ def check_kernel(task: KernelTask, source: str, *, seed: int | None = None, timi
     timing_args = {**TIMING, "seed": seed + len(trials)} if timing and not interpreted else None
     result = sandbox.run(source, task.name, args=(task.name, trials, timing_args, device), timeout_s=timeout_s,
                          memory_mb=MEMORY_MB, allowed_imports=ALLOWED_IMPORTS | RUNTIME_IMPORTS, harness=HARNESS,
-                         env={"TRITON_INTERPRET": "1"} if device == "cpu" else {}, result_limit_bytes=64 << 20,
+                         env={"TRITON_INTERPRET": "1"} if device == "cpu" else GPU_CHILD_ENV, result_limit_bytes=64 << 20,
                          profile=sandbox.GPU if device == "cuda" else sandbox.CPU)
     if not result.ok:
         return KernelVerdict(False, 0.0, f"{result.failure}: {result.error}", seconds=result.seconds,

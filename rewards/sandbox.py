@@ -52,22 +52,24 @@ What is NOT covered:
 - GPU code in the default profile: the new root hides /dev/nvidia*, and RLIMIT_AS breaks CUDA start-up.
   `profile=GPU` (below) lifts exactly that and nothing else; on an H200 (2026-11-23) PyTorch kernels were
   checked and timed in it. CUDA must start before lock-down (the harness does it): code that first touches CUDA
-  after it fails. What it still does not give: Triton compilation (Triton's compiler imports modules after
-  lock-down and execs `ptxas`, which seccomp denies, so compiled Triton kernels fail in the jail), a cap on host
-  RAM tighter than the raised address space (a cgroup would be the tool), and the warm worker pool that amortises
-  CUDA start-up.
+  after it fails. Compiled Triton needs the harness's help too: Triton execs `ptxas` and a C compiler, which the
+  jail denies, so the kernel checker's harness compiles through the driver instead (`_triton_jail`). What it still
+  does not give: a cap on host RAM tighter than the raised address space (a cgroup would be the tool), and the
+  warm worker pool that amortises CUDA start-up.
 
 The GPU profile (`GPU`): CUDA needs (a) the NVIDIA device nodes, which are bound into the new root at their own
 paths (with namespaces only: without a mount namespace a bind mount would be the host's), (b) its driver library
 and the libraries the code uses loaded before the files disappear, which the caller's trusted `harness` does at
 import by initialising CUDA (`_kernel_harness.warm_up_cuda`), and (c) a much larger address space, because the
 driver reserves tens of GB of virtual addresses (8 GB broke CUDA start-up, 64 GB worked, DESIGN): `memory_mb` gets
-64 GiB on top. `CUDA_VISIBLE_DEVICES` passes through. Everything else (namespaces, uid, seccomp, the other rlimits,
+64 GiB on top. `CUDA_VISIBLE_DEVICES` passes through, and Triton's libdevice is copied in (`Profile.files`: its
+compiler reads that file when a kernel calls a libdevice function). Everything else (namespaces, uid, seccomp, the other rlimits,
 the wall clock) is as in the default profile.
 """
 
 import dataclasses
 import functools
+import importlib.util
 import json
 import keyword
 import logging
@@ -114,16 +116,28 @@ class Profile:
     """Address space granted on top of `memory_mb`: CUDA reserves virtual ranges far beyond what it uses."""
     passthrough_env: tuple[str, ...] = ()
     """Variables of the caller's environment the child keeps (every other one is dropped)."""
+    files: tuple[str, ...] = ()
+    """Host files copied into the new root at their own paths, for code that reads them after lock-down (only where
+    namespaces work; the copies are private to the call)."""
 
 
 def _nvidia_devices() -> tuple[str, ...]:
     return tuple(sorted(str(p) for p in Path("/dev").glob("nvidia*") if p.is_char_device()))
 
 
+def _triton_libdevice() -> tuple[str, ...]:
+    """Triton's libdevice bitcode, which its compiler reads when a kernel calls a libdevice math function."""
+    spec = importlib.util.find_spec("triton")  # where it is, without importing it
+    path = Path(spec.origin).parent / "backends" / "nvidia" / "lib" / "libdevice.10.bc" if spec and spec.origin else None
+    return (str(path),) if path is not None and path.is_file() else ()
+
+
 CPU = Profile()
 """The default jail."""
-GPU = Profile(devices=_nvidia_devices(), extra_address_space_mb=64 * 1024, passthrough_env=("CUDA_VISIBLE_DEVICES",))
-"""The GPU profile (module docstring): NVIDIA device nodes, 64 GiB more address space, CUDA_VISIBLE_DEVICES."""
+GPU = Profile(devices=_nvidia_devices(), extra_address_space_mb=64 * 1024, passthrough_env=("CUDA_VISIBLE_DEVICES",),
+              files=_triton_libdevice())
+"""The GPU profile (module docstring): NVIDIA device nodes, 64 GiB more address space, CUDA_VISIBLE_DEVICES, and
+Triton's libdevice."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,6 +266,7 @@ def run(
         "result_items": 1_000_000, "result_limit": result_limit_bytes, "harness": harness,
         "package_root": str(Path(__file__).resolve().parents[1]),
         "devices": list(profile.devices) if iso.namespaces else [],
+        "files": list(profile.files) if iso.namespaces else [],
         "extra_address_space_mb": profile.extra_address_space_mb,
     }
     cmd = [sys.executable, "-I", "-S", "-B", str(_CHILD)]
@@ -301,6 +316,10 @@ def _validate_profile(profile: Profile) -> None:
         path = Path(device)
         if not path.is_absolute() or ".." in path.parts or not path.is_char_device():
             raise SandboxError(f"profile.devices: {device!r} is not an absolute path to a character device")
+    for file in profile.files:
+        path = Path(file)
+        if not path.is_absolute() or ".." in path.parts or not path.is_file():
+            raise SandboxError(f"profile.files: {file!r} is not an absolute path to a regular file")
     if not isinstance(profile.extra_address_space_mb, int) or profile.extra_address_space_mb < 0:
         raise SandboxError(f"profile.extra_address_space_mb={profile.extra_address_space_mb!r}: must be an int >= 0")
 

@@ -116,6 +116,23 @@ def test_gpu_profile_binds_device_nodes_into_the_jail() -> None:
     assert sandbox.run(source, "f", allowed_imports={"os"}).value is False  # the default jail has no /dev
 
 
+def test_gpu_profile_copies_its_files_into_the_jail(tmp_path: Path) -> None:
+    """The mechanism that gives Triton's compiler libdevice after lock-down, shown with a file of our own."""
+    if not sandbox.isolation().namespaces:
+        pytest.skip("files are copied only where the sandbox has a mount namespace")
+    host_file = tmp_path / "lib" / "bitcode.bc"
+    host_file.parent.mkdir()
+    host_file.write_bytes(b"\x00bitcode\xff" * 1000)
+    source = (f"import os\n\n\ndef f():\n    fd = os.open({str(host_file)!r}, os.O_RDONLY)\n"
+              "    return os.read(fd, 1 << 20).hex()\n")
+    copied = sandbox.run(source, "f", allowed_imports={"os"}, profile=sandbox.Profile(files=(str(host_file),)))
+    assert copied.ok and bytes.fromhex(copied.value) == host_file.read_bytes(), copied
+    assert sandbox.run(source, "f", allowed_imports={"os"}).failure == "raised"  # not there in the default jail
+    assert all(Path(f).is_file() for f in sandbox.GPU.files)
+    with pytest.raises(SandboxError, match="regular file"):
+        sandbox.run(source, "f", profile=sandbox.Profile(files=(str(tmp_path),)))
+
+
 def test_gpu_profile_raises_the_address_space_and_nothing_else() -> None:
     source = "def f():\n    return len(bytearray(256 << 20))\n"
     assert sandbox.run(source, "f", memory_mb=64).failure == "raised"  # MemoryError under the default cap

@@ -1,5 +1,8 @@
 """The kernel-generation env: known-good kernels score correct, each cheat scores a failure, a CPU run trains.
 
+Where a GPU is visible the known-good kernels are checked on it, in the sandbox's GPU profile: Triton compiled
+inside the jail (`_triton_jail`) and every kernel timed.
+
 Sandbox calls cost ~2 s each (torch and Triton start-up in the jailed child), so the cases are few and each one
 exercises a different layer: the static policy (`kernel_policy`, no process), the trials run in the sandbox and
 judged in the parent (`kernel_check`), and the rewards as TRL calls them.
@@ -24,15 +27,29 @@ REPO = Path(__file__).resolve().parents[1]
 SOLUTIONS = REPO / "tests" / "kernelgen_solutions"
 SOFTMAX = KERNEL_TASKS["softmax"]
 GOOD_SOFTMAX = (SOLUTIONS / "softmax_torch.py").read_text()
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-@pytest.mark.parametrize("name", ["softmax_triton", "softmax_torch", "rmsnorm_torch", "layernorm_torch",
-                                  "swiglu_torch", "matmul_bias_torch", "mxfp4_dequantize_torch"])
+@pytest.mark.parametrize("name", ["softmax_triton", "softmax_torch", "rmsnorm_triton", "rmsnorm_torch",
+                                  "layernorm_torch", "swiglu_triton", "swiglu_torch", "matmul_bias_triton",
+                                  "matmul_bias_torch", "mxfp4_dequantize_triton", "mxfp4_dequantize_torch"])
 def test_known_good_kernel_scores_correct(name: str) -> None:
     task = KERNEL_TASKS[name.rsplit("_", 1)[0]]
-    verdict = check_kernel(task, (SOLUTIONS / f"{name}.py").read_text(), seed=3)
+    verdict = check_kernel(task, (SOLUTIONS / f"{name}.py").read_text(), seed=3, device=DEVICE)
     assert verdict.runs and verdict.correct == 1.0, verdict
     assert len(verdict.trials) == len(task.cases) + 1  # every case, then the in-place reuse trial
+    assert (verdict.speedup is not None) == (DEVICE == "cuda" or name.endswith("_torch")), verdict
+
+
+@pytest.mark.skipif(DEVICE == "cpu", reason="Triton's interpreter has no libdevice; run on a GPU (issue #5 note)")
+def test_a_triton_kernel_that_links_libdevice_compiles_in_the_gpu_jail() -> None:
+    """libdevice is a file the compiler reads after lock-down: the GPU profile copies it into the jail."""
+    source = (SOLUTIONS / "rmsnorm_triton.py").read_text().replace("tl.rsqrt(", "libdevice.rsqrt(")
+    source = source.replace("import triton.language as tl\n",
+                            "import triton.language as tl\nfrom triton.language.extra import libdevice\n")
+    assert "libdevice.rsqrt(" in source and "import libdevice" in source
+    verdict = check_kernel(KERNEL_TASKS["rmsnorm"], source, seed=3, device="cuda")
+    assert verdict.correct == 1.0 and verdict.speedup is not None, verdict
 
 
 # Each cheat must be refused before it runs: the static half of the anti-cheat rules.
