@@ -82,15 +82,22 @@ def _new_root(payload: dict) -> None:
         os.chdir("/")
 
 
-def _mapped_bytes() -> int:
+def _mapped_bytes() -> tuple[int, int]:
+    """(all mapped, writable private mapped) bytes: statm's size and data fields."""
     with open("/proc/self/statm") as f:
-        return int(f.read().split()[0]) * resource.getpagesize()
+        fields = f.read().split()
+    return int(fields[0]) * resource.getpagesize(), int(fields[5]) * resource.getpagesize()
 
 
-def _limit(payload: dict, mapped: int) -> None:
-    """Hard rlimits; the address-space cap counts from what start-up and preloads already mapped."""
+def _limit(payload: dict, mapped: tuple[int, int]) -> None:
+    """Hard rlimits; the memory caps count from what start-up and preloads already mapped.
+
+    Two caps: the address space (`memory_mb` plus the profile's extra, which CUDA's reserved ranges need) and the
+    writable private memory (RLIMIT_DATA, `memory_mb` alone), which is what allocating actually takes. CUDA reserves
+    its ranges without write access, so under the GPU profile the data cap still holds host RAM to `memory_mb`."""
     limits = {
-        resource.RLIMIT_AS: mapped + (payload["memory_mb"] + payload["extra_address_space_mb"]) * 2**20,
+        resource.RLIMIT_AS: mapped[0] + (payload["memory_mb"] + payload["extra_address_space_mb"]) * 2**20,
+        resource.RLIMIT_DATA: mapped[1] + payload["memory_mb"] * 2**20,
         resource.RLIMIT_CPU: payload["cpu_s"],
         resource.RLIMIT_FSIZE: payload["disk_mb"] * 2**20,
         resource.RLIMIT_NOFILE: 64,

@@ -21,7 +21,8 @@ What is covered, in layers (the OS layers are the boundary; the first two are po
    ptrace other sandboxes or the parent, its own `RLIMIT_NPROC` count); not root, it is root only of
    its own user namespace, which maps to the caller's uid.
 5. seccomp (`_seccomp.py`): no fork/exec, sockets, kill, ptrace, mounts, namespaces, io_uring.
-6. rlimits: address space (`memory_mb` above start-up), CPU seconds, file size, open files, processes.
+6. rlimits: address space and writable memory (`memory_mb` above start-up each), CPU seconds, file size,
+   open files, processes.
 7. The parent owns the wall clock and SIGKILLs the process group (and with it the namespace); it caps
    stdout/stderr and the result, and kills the code as soon as one overflows.
 8. Data only: arguments go in and the value comes out as JSON, so the code never holds the caller's
@@ -45,26 +46,28 @@ What is NOT covered:
   import (the stdlib defaults are). Anything imported lazily after lock-down fails: the files are gone.
 - seccomp is a deny-list: a new syscall that is dangerous but not listed is allowed. The kernel is shared:
   a kernel exploit escapes every layer. Side channels (timing, caches, co-located jobs) are open.
-- Denial of service inside the limits: burning the CPU for `timeout_s`, filling `memory_mb` (address
-  space, not RSS: there is no cgroup), writing up to `output_limit_bytes`.
+- Denial of service inside the limits: burning the CPU for `timeout_s`, filling `memory_mb` (mapped
+  memory, not RSS: there is no cgroup), writing up to `output_limit_bytes`.
 - No PID namespace and no seccomp (an unknown CPU architecture without `unshare`): nothing blocks the
   network, and only a root caller can sweep leftover processes.
 - GPU code in the default profile: the new root hides /dev/nvidia*, and RLIMIT_AS breaks CUDA start-up.
   `profile=GPU` (below) lifts exactly that and nothing else; on an H200 (2026-11-23) PyTorch kernels were
   checked and timed in it. CUDA must start before lock-down (the harness does it): code that first touches CUDA
   after it fails. Compiled Triton needs the harness's help too: Triton execs `ptxas` and a C compiler, which the
-  jail denies, so the kernel checker's harness compiles through the driver instead (`_triton_jail`). What it still
-  does not give: a cap on host RAM tighter than the raised address space (a cgroup would be the tool), and the
-  warm worker pool that amortises CUDA start-up.
+  jail denies, so the kernel checker's harness compiles through the driver instead (`_triton_jail`). Host RAM:
+  writable private memory stays capped at `memory_mb` (RLIMIT_DATA), but shared anonymous mappings count only
+  against the raised address space (64 GiB more); making one takes `mmap` or ctypes, which the import guard
+  refuses. What it does not give: the warm worker pool that amortises CUDA start-up (~4 s a call on an H100).
 
 The GPU profile (`GPU`): CUDA needs (a) the NVIDIA device nodes, which are bound into the new root at their own
 paths (with namespaces only: without a mount namespace a bind mount would be the host's), (b) its driver library
 and the libraries the code uses loaded before the files disappear, which the caller's trusted `harness` does at
 import by initialising CUDA (`_kernel_harness.warm_up_cuda`), and (c) a much larger address space, because the
 driver reserves tens of GB of virtual addresses (8 GB broke CUDA start-up, 64 GB worked, DESIGN): `memory_mb` gets
-64 GiB on top. `CUDA_VISIBLE_DEVICES` passes through, and Triton's libdevice is copied in (`Profile.files`: its
-compiler reads that file when a kernel calls a libdevice function). Everything else (namespaces, uid, seccomp, the other rlimits,
-the wall clock) is as in the default profile.
+64 GiB on top of the address-space cap (not of the writable-memory cap). `CUDA_VISIBLE_DEVICES` passes through,
+and Triton's libdevice is copied in (`Profile.files`: its compiler reads that file when a kernel calls a libdevice
+function). Everything else (namespaces, uid, seccomp, the other rlimits, the wall clock) is as in the default
+profile.
 """
 
 import dataclasses
@@ -113,7 +116,8 @@ class Profile:
     devices: tuple[str, ...] = ()
     """Character devices bound read-write into the new root at their own paths (only where namespaces work)."""
     extra_address_space_mb: int = 0
-    """Address space granted on top of `memory_mb`: CUDA reserves virtual ranges far beyond what it uses."""
+    """Address space granted on top of `memory_mb` (writable memory stays at `memory_mb`): CUDA reserves virtual
+    ranges far beyond what it uses."""
     passthrough_env: tuple[str, ...] = ()
     """Variables of the caller's environment the child keeps (every other one is dropped)."""
     files: tuple[str, ...] = ()
@@ -217,7 +221,8 @@ def run(
         function: Name of the function to call.
         args, kwargs: JSON-compatible arguments; the code gets copies.
         timeout_s: Wall-clock budget of the whole call, child start-up included.
-        memory_mb: Address space the code may add on top of the interpreter's start-up.
+        memory_mb: Memory the code may add on top of the interpreter's start-up (address space and, separately,
+            writable memory).
         allowed_imports: Top-level packages the code may import; anything outside needs the sandbox's
             paths to be importable without `site` (stdlib, or a package on the caller's `sys.path`).
         disk_mb: Size of the private working directory and the largest file the code may write.

@@ -134,13 +134,19 @@ def test_gpu_profile_copies_its_files_into_the_jail(tmp_path: Path) -> None:
 
 
 def test_gpu_profile_raises_the_address_space_and_nothing_else() -> None:
-    source = "def f():\n    return len(bytearray(256 << 20))\n"
-    assert sandbox.run(source, "f", memory_mb=64).failure == "raised"  # MemoryError under the default cap
+    """CUDA reserves address space it never writes; the GPU profile grants that, while memory the code can write
+    stays capped at `memory_mb` (RLIMIT_DATA), so a kernel cannot take the host's RAM."""
+    allocate = "def f():\n    return len(bytearray(256 << 20))\n"
+    reserve = "import mmap\n\n\ndef f():\n    return len(mmap.mmap(-1, 256 << 20, flags=mmap.MAP_PRIVATE, prot=0))\n"
     roomy = sandbox.Profile(extra_address_space_mb=1024)
-    assert sandbox.run(source, "f", memory_mb=64, profile=roomy).value == 256 << 20
+    for profile in (sandbox.CPU, roomy):  # MemoryError under both caps
+        assert sandbox.run(allocate, "f", memory_mb=64, profile=profile).failure == "raised"
+    assert sandbox.run(reserve, "f", memory_mb=64, allowed_imports={"mmap"}).failure == "raised"
+    assert sandbox.run(reserve, "f", memory_mb=64, allowed_imports={"mmap"}, profile=roomy).value == 256 << 20
+    assert sandbox.run(allocate.replace("256", "32"), "f", memory_mb=64, profile=roomy).value == 32 << 20
     assert all(Path(d).is_char_device() for d in sandbox.GPU.devices) and sandbox.GPU.extra_address_space_mb > 0
     with pytest.raises(SandboxError, match="character device"):
-        sandbox.run(source, "f", profile=sandbox.Profile(devices=("/etc/passwd",)))
+        sandbox.run(allocate, "f", profile=sandbox.Profile(devices=("/etc/passwd",)))
 
 
 def test_kernelgen_env_scores_a_correct_kernel_through_the_checker() -> None:

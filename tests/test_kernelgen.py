@@ -95,12 +95,16 @@ MISBEHAVING = {
     "reduces the wrong dimension": ("import torch\ndef softmax(x, out):\n    e = torch.exp(x.float())\n"
                                     "    out.copy_(e / e.sum(0, keepdim=True))\n", "is wrong"),
     "raises": ("def softmax(x, out):\n    raise ValueError('no')\n", "raised ValueError"),
+    "takes 50 GB of host memory": ("import torch\ndef softmax(x, out):\n    torch.ones(50 << 30, dtype=torch.uint8)\n",
+                                   "can't allocate memory"),
+    "does not compile": ("import triton\nimport triton.language as tl\n@triton.jit\ndef k(X):\n"
+                         "    tl.store(X, tl.no_such_op(1.0))\ndef softmax(x, out):\n    k[(1,)](out)\n", "no_such_op"),
 }
 
 
 @pytest.mark.parametrize("source, reason", MISBEHAVING.values(), ids=MISBEHAVING.keys())
 def test_misbehaving_kernel_scores_zero(source: str, reason: str) -> None:
-    verdict = check_kernel(SOFTMAX, source, seed=5)
+    verdict = check_kernel(SOFTMAX, source, seed=5, device=DEVICE)
     assert verdict.correct == 0.0 and reason in verdict.reason, verdict
 
 
