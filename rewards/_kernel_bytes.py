@@ -10,9 +10,9 @@ from typing import Any
 
 import torch
 
-GPU_CHILD_ENV = {"OSS_GRPO_TRITON_JAIL": "1", "CUDA_CACHE_DISABLE": "1"}
-"""The sandbox child's environment for a GPU check: the harness compiles Triton for the jail (`_triton_jail`), and
-the driver's JIT keeps no cache in the host's home."""
+TRITON_JAIL_ENV = {"OSS_GRPO_TRITON_JAIL": "1", "CUDA_CACHE_DISABLE": "1"}
+"""The sandbox child's environment for a GPU check of code that imports Triton: the harness sets Triton up to compile
+in the jail (`_triton_jail`), and the driver's JIT keeps no cache in the host's home."""
 
 Spec = dict[str, Any]
 """One tensor as JSON data: `shape`, `dtype` (a torch dtype name), and how to draw it: `kind` "normal" (times

@@ -33,7 +33,7 @@ import triton.runtime.interpreter  # noqa: F401  (what @triton.jit loads under T
 from oss_grpo.envs import kernelgen
 from oss_grpo.envs.kernelgen import KERNEL_TASKS, KernelTask
 from oss_grpo.rewards import _kernel_timer
-from oss_grpo.rewards._kernel_bytes import GPU_CHILD_ENV, Spec, decode, draw_inputs, encode
+from oss_grpo.rewards._kernel_bytes import TRITON_JAIL_ENV, Spec, decode, draw_inputs, encode
 from oss_grpo.rewards._kernel_timer import Watch, elapsed_seconds, poison_, time_against_reference
 
 _TRAPPED_NAMESPACES = (torch, torch.Tensor, torch.nn.functional, torch.special, torch.linalg)
@@ -57,24 +57,25 @@ def warm_up() -> None:
 
 
 def warm_up_cuda() -> None:
-    """Initialise CUDA and run every reference, the timer and one compiled Triton kernel once on the GPU: the driver,
-    cuBLAS, the libraries the references use, the driver's PTX compiler and Triton's compiler modules load from
-    files, which the sandbox's lock-down hides (sandbox.py, GPU profile). In the sandbox child (`GPU_CHILD_ENV`)
-    Triton is first set up to compile without exec (`_triton_jail`). Called at import when a GPU is visible and
-    Triton is not interpreting. The trainer never imports this module (the sandbox child does; benches and tests
-    that run trials in-process may): it must not touch a GPU for a reward's sake."""
+    """Initialise CUDA and run every reference and the timer once on the GPU: the driver, cuBLAS and the libraries
+    the references use load from files, which the sandbox's lock-down hides (sandbox.py, GPU profile). For code
+    that imports Triton (`TRITON_JAIL_ENV`), Triton is then set up to compile without exec (`_triton_jail`) and one
+    kernel is compiled and run that way, which loads the driver's PTX compiler and Triton's compiler modules (1-2 s,
+    so only then). Called at import when a GPU is visible and Triton is not interpreting. The trainer never imports
+    this module (the sandbox child does; benches and tests that run trials in-process may): it must not touch a GPU
+    for a reward's sake."""
     for task in KERNEL_TASKS.values():
         task.reference(*[t.cuda() for t in draw_inputs(task.cases[0].inputs, 0)])
     x = torch.ones(4, device="cuda")
     torch.isclose(x, x).all()  # what the timer's output check runs
     elapsed_seconds(torch.cuda.synchronize, [], cuda=True)
-    if all(os.environ.get(k) == v for k, v in GPU_CHILD_ENV.items()):
+    if all(os.environ.get(k) == v for k, v in TRITON_JAIL_ENV.items()):
         from oss_grpo.rewards import _triton_jail  # imports Triton's CUDA driver module: only where a GPU is
 
         _triton_jail.install(cache_dir=os.path.join(os.getcwd(), "triton-cache"))  # the work dir, then the jail's
-    x = torch.ones(16, 16, device="cuda")
-    _warm_up_kernel[(1,)](x, x, torch.empty(16, 16, device="cuda"), N=16)
-    torch.cuda.synchronize()
+        x = torch.ones(16, 16, device="cuda")
+        _warm_up_kernel[(1,)](x, x, torch.empty(16, 16, device="cuda"), N=16)
+        torch.cuda.synchronize()
 
 
 if triton.knobs.runtime.interpret:

@@ -31,7 +31,7 @@ import torch
 
 from oss_grpo.envs.kernelgen import ALLOWED_IMPORTS, KERNEL_TASKS, KernelTask
 from oss_grpo.rewards import sandbox
-from oss_grpo.rewards._kernel_bytes import GPU_CHILD_ENV, decode, draw_inputs, encode
+from oss_grpo.rewards._kernel_bytes import TRITON_JAIL_ENV, decode, draw_inputs, encode
 from oss_grpo.rewards.kernel_policy import kernel_findings
 from oss_grpo.rewards.source_check import check_source
 from oss_grpo.rl.errors import SandboxError
@@ -145,13 +145,15 @@ def check_kernel(task: KernelTask, source: str, *, seed: int | None = None, timi
         return KernelVerdict(False, 0.0, "; ".join(findings), speedup_note="not timed: refused")
     if device not in ("cpu", "cuda"):
         raise SandboxError(f"device={device!r}: must be 'cpu' or 'cuda'")
-    interpreted = device == "cpu" and any(m.partition(".")[0] == "triton" for m in report.imports)
+    uses_triton = any(m.partition(".")[0] == "triton" for m in report.imports)
+    interpreted = device == "cpu" and uses_triton
     seed = secrets.randbits(31) if seed is None else seed
     trials, inputs = plan_trials(task, seed)
     timing_args = {**TIMING, "seed": seed + len(trials)} if timing and not interpreted else None
     result = sandbox.run(source, task.name, args=(task.name, trials, timing_args, device), timeout_s=timeout_s,
                          memory_mb=MEMORY_MB, allowed_imports=ALLOWED_IMPORTS | RUNTIME_IMPORTS, harness=HARNESS,
-                         env={"TRITON_INTERPRET": "1"} if device == "cpu" else GPU_CHILD_ENV, result_limit_bytes=64 << 20,
+                         env={"TRITON_INTERPRET": "1"} if device == "cpu" else TRITON_JAIL_ENV if uses_triton else {},
+                         result_limit_bytes=64 << 20,
                          profile=sandbox.GPU if device == "cuda" else sandbox.CPU)
     if not result.ok:
         return KernelVerdict(False, 0.0, f"{result.failure}: {result.error}", seconds=result.seconds,
