@@ -68,8 +68,8 @@ class TrainConfig:
     kernelgen_device: Literal["cpu", "cuda"] = "cpu"
     """Kernel-generation env only: where the checker runs the model's kernels. "cpu": the default sandbox, Triton
     interpreted (TRITON_INTERPRET=1), so `kernel_speedup` times PyTorch kernels only. "cuda": the sandbox's GPU
-    profile (rewards/sandbox.py), timed with CUDA events; written without a GPU and never run on one yet, and
-    Triton kernels cannot compile in it (the jail may not exec ptxas)."""
+    profile (rewards/sandbox.py): PyTorch and compiled Triton kernels (rewards/_triton_jail.py), timed with CUDA
+    events; checked on an H100 (docs/BENCHMARKS.md), not yet inside a GPU training run."""
     reward_on_error: float = 0.0
     """Score given when a reward function raises or returns NaN (the event is logged and counted)."""
     developer_instructions: str = "You play the game 2048. Answer with exactly one move: up, down, left or right."
