@@ -20,6 +20,20 @@ from oss_grpo.envs.kernelgen import KERNEL_TASKS
 from oss_grpo.rl.errors import ConfigError
 
 
+@dataclass(frozen=True)
+class Optimizer:
+    """One choice of `TrainConfig.optim`: transformers' name for it and what it keeps per LoRA weight."""
+
+    transformers_name: str
+    bytes_per_weight: int
+    """fp32 weight + fp32 gradient + AdamW's exp_avg and exp_avg_sq (fp32, or 8-bit codes: their blockwise absmax
+    adds 2 x 4 bytes per 256 weights, left out); rl/memory.py's estimate."""
+
+
+OPTIMIZERS = {"adamw": Optimizer("adamw_torch", 16), "adamw_8bit": Optimizer("adamw_bnb_8bit", 10)}
+"""The optimizers `TrainConfig.optim` names, each declared once here."""
+
+
 @dataclass
 class TrainConfig:
     # --- model and adapters ---
@@ -134,7 +148,7 @@ class TrainConfig:
     """PPO-style clipping range of the importance ratio."""
     learning_rate: float = 1e-5
     """AdamW learning rate of the adapters."""
-    optim: Literal["adamw", "adamw_8bit"] = "adamw"
+    optim: Literal[tuple(OPTIMIZERS)] = "adamw"  # Literal["adamw", "adamw_8bit"]
     """The adapters' optimizer: torch's AdamW (float32 moments, 8 bytes per LoRA weight), or bitsandbytes' 8-bit
     AdamW (blockwise-quantised moments, 2 bytes; Dettmers et al. 2022), which saved 1.03 GiB on the gpt-oss-20b step
     with LoRA r16 on the experts (docs/BENCHMARKS.md). Needs bitsandbytes (the `gpu` extra)."""

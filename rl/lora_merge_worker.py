@@ -95,7 +95,7 @@ class LoraMergeExtension:
 
     def oss_grpo_set_base(self, weights: str) -> dict:
         rounded = {name.removesuffix(".weight"): w for name, w in load(base64.b64decode(weights)).items()}
-        base = self._oss_grpo_base(list(rounded))
+        base = self._oss_grpo_base(list(rounded), parts=("bias",))  # the weight is the trainer's: not read
         for module, weight in rounded.items():
             base[module]["weight"] = weight
         self.__dict__.setdefault("oss_grpo_rounded", set()).update(rounded)
@@ -117,13 +117,14 @@ class LoraMergeExtension:
         self.reload_weights(weights_iterator=list(tensors.items()))
         return {"modules": len(names), "seconds": time.perf_counter() - start}
 
-    def _oss_grpo_base(self, modules: list[str]) -> dict[str, dict[str, torch.Tensor]]:
-        """Module -> {"weight", "bias"} for at least `modules`: read from the checkpoint once, kept in CPU memory."""
+    def _oss_grpo_base(self, modules: list[str], parts: tuple[str, ...] = PARTS) -> dict[str, dict[str, torch.Tensor]]:
+        """Module -> {"weight", "bias"} for at least `modules`: read from the checkpoint once (only `parts` of those
+        not held yet), kept in CPU memory."""
         base = self.__dict__.setdefault("oss_grpo_base", {})
         new = [m for m in modules if m not in base]
         if new:
-            found = read_tensors(self._oss_grpo_checkpoint(), {f"{m}.{k}" for m in new for k in PARTS})
-            base.update({m: {k: found[f"{m}.{k}"] for k in PARTS if f"{m}.{k}" in found} for m in new})
+            found = read_tensors(self._oss_grpo_checkpoint(), {f"{m}.{k}" for m in new for k in parts})
+            base.update({m: {k: found[f"{m}.{k}"] for k in parts if f"{m}.{k}" in found} for m in new})
         return base
 
     def _oss_grpo_checkpoint(self) -> Path:

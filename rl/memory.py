@@ -28,7 +28,7 @@ from pathlib import Path
 
 import yaml
 
-from oss_grpo.rl.config import TrainConfig
+from oss_grpo.rl.config import OPTIMIZERS, TrainConfig
 from oss_grpo.rl.errors import ConfigError
 
 GIB = 2**30
@@ -36,9 +36,6 @@ MXFP4_BITS = 4.25
 NF4_BITS = 4 + 8 / 64 + 32 / (64 * 256)
 """bitsandbytes NF4 with double quantisation (rl/nf4.py): the 4-bit code, each 64-weight block's absmax in 8 bits,
 one fp32 scale per 256 blocks."""
-ADAPTER_BYTES = {"adamw": 16, "adamw_8bit": 10}
-"""Per LoRA weight: fp32 weight + fp32 gradient + AdamW's exp_avg and exp_avg_sq (fp32, or 8-bit codes: their
-blockwise absmax adds 2 x 4 bytes per 256 weights, left out)."""
 LOGPROB_TILE = (4096, 32_768)  # tokens x vocabulary columns per fp32 tile of TRL 1.16's chunked LM-head log-prob
 CUDA_OVERHEAD = 1.0 * GIB
 
@@ -186,7 +183,7 @@ def estimate_memory(config: TrainConfig, shape: ModelShape, prompt_tokens: int,
     activations += 2 * tile_tokens * LOGPROB_TILE[1] * 4  # one fp32 log-prob tile, forward and backward
 
     adapters, unsized = lora_params(s, config.lora_target_modules, config.lora_r)
-    estimate = MemoryEstimate(weights, kv_cache, activations, adapters * ADAPTER_BYTES[config.optim],
+    estimate = MemoryEstimate(weights, kv_cache, activations, adapters * OPTIMIZERS[config.optim].bytes_per_weight,
                               tuple(unsized))
     if vllm_budget is None:
         return estimate

@@ -18,7 +18,7 @@ from transformers import ProgressCallback
 from oss_grpo.rewards import get as get_reward
 from oss_grpo.rewards.guard import GuardedReward
 from oss_grpo.rl.checkpoint import CompleteMarker, checkpoint_step, latest_checkpoint
-from oss_grpo.rl.config import TrainConfig
+from oss_grpo.rl.config import OPTIMIZERS, TrainConfig
 from oss_grpo.rl.data_parallel import batch_split, check_gpus, process_layout
 from oss_grpo.rl.errors import ConfigError, GeneratorError
 from oss_grpo.rl.generator import SyncedGenerator
@@ -63,7 +63,7 @@ def grpo_args(config: TrainConfig, use_cpu: bool, processes: int = 1):
         max_steps=config.max_steps, gradient_checkpointing=config.gradient_checkpointing,
         reward_weights=list(config.rewards.values()), save_steps=config.save_steps, logging_steps=1,
         report_to=config.report_to, disable_tqdm=False,
-        optim={"adamw": "adamw_torch", "adamw_8bit": "adamw_bnb_8bit"}[config.optim],
+        optim=OPTIMIZERS[config.optim].transformers_name,
         # Under DDP: the buffers are frozen weights (MXFP4 experts: GBs), equal on every process by construction, so
         # they are not broadcast before each forward; every adapter takes part in every step (expert LoRA is one
         # tensor per projection), so DDP need not search the graph for unused ones.

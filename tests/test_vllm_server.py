@@ -7,16 +7,21 @@ import logging
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
+from oss_grpo.rl import lora_merge_worker
 from oss_grpo.rl.checkpoint import latest_checkpoint
 from oss_grpo.rl.config import TrainConfig, load_config
 from oss_grpo.rl.errors import ConfigError, GeneratorError
 from oss_grpo.rl.metrics import read_metrics
 from oss_grpo.rl.policy import load_policy
 from oss_grpo.rl.train import train
+from oss_grpo.rl.lora_merge_worker import LoraMergeExtension, encode_tensors
+from oss_grpo.rl.lora_merge_worker import read_tensors as real_read_tensors
 from oss_grpo.rl.vllm_server import VllmServerGenerator, tensor_parts
 
 REPO = Path(__file__).resolve().parents[1]
@@ -122,3 +127,21 @@ def test_a_server_without_the_runs_rounded_bases_refuses_the_sync(vllm_server, t
     with pytest.raises(GeneratorError, match=r"refused the LoRA sync: it lacks the trainer's NF4-rounded base of 1 "
                                              r"modules \(model.layers.7.self_attn.q_proj, ...\): restarted"):
         generator.sync_from(policy)
+
+
+def test_the_server_keeps_the_trainers_rounded_weight_without_reading_the_checkpoints(tmp_path: Path,
+                                                                                   monkeypatch) -> None:
+    """`oss_grpo_set_base` replaces a module's weight with the trainer's NF4-rounded one: from the checkpoint it
+    reads only the bias (for 20b, 1.27 GB of attention weights it would otherwise read and drop)."""
+    save_file({"m.weight": torch.zeros(4, 3), "m.bias": torch.arange(4.0)}, tmp_path / "model.safetensors")
+    extension = LoraMergeExtension.__new__(LoraMergeExtension)  # the methods without a vLLM worker behind them
+    extension.vllm_config = SimpleNamespace(model_config=SimpleNamespace(model=str(tmp_path)))
+    read: list[set[str]] = []
+    monkeypatch.setattr(lora_merge_worker, "read_tensors", lambda folder, names: read.append(names) or
+                        real_read_tensors(folder, names))
+    rounded = torch.full((4, 3), 0.5)
+    assert extension.oss_grpo_set_base(encode_tensors({"m.weight": rounded})) == {"modules": 1}
+    assert read == [{"m.bias"}]
+    base = extension._oss_grpo_base(["m"])
+    assert read == [{"m.bias"}] and torch.equal(base["m"]["weight"], rounded)
+    assert torch.equal(base["m"]["bias"], torch.arange(4.0))
