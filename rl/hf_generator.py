@@ -7,6 +7,9 @@ Sampling is ours, not `generate`'s: `generate` draws every row of a batch from o
 completion would depend on which other prompts shared its batch, and under `accelerate launch` on how the batch was
 split over processes. `SeededRowSampling` gives each row its own stream, seeded as `Sampling.seed` says (vLLM seeds
 each request the same way), so a completion depends only on its prompt, its seed and the weights.
+`compiled` (config `compile_generation`): a static KV cache, which transformers compiles on a GPU. A compiled graph
+serves only the shapes it was made for, so the prompts are left-padded to a multiple of `WIDTH_STEP` and the rows to
+`batch_size` (copies of the first prompt, dropped afterwards): every call of a run then has the same shapes.
 """
 
 import torch
@@ -49,11 +52,17 @@ class SeededRowSampling(LogitsProcessor):
         return torch.full_like(scores, float("-inf")).scatter_(-1, tokens, 0.0)
 
 
+WIDTH_STEP = 128
+"""With `compiled`, prompts are left-padded to a multiple of this many tokens."""
+
+
 class TransformersGenerator:
     """Batched sampling from a (PEFT-wrapped) causal LM with Harmony stop tokens and per-token logprobs."""
 
-    def __init__(self, model: PreTrainedModel, stop_ids: list[int], pad_id: int, batch_size: int = 64) -> None:
+    def __init__(self, model: PreTrainedModel, stop_ids: list[int], pad_id: int, batch_size: int = 64,
+                 compiled: bool = False) -> None:
         self.model, self.stop_ids, self.pad_id, self.batch_size = model, stop_ids, pad_id, batch_size
+        self.compiled = compiled
 
     def generate(
         self, prompts: list[list[int]], sampling: Sampling, allowed: list[list[int]] | None = None
@@ -75,13 +84,17 @@ class TransformersGenerator:
         self, prompts: list[list[int]], seeds: list[int], sampling: Sampling, allowed: list[list[int]] | None
     ) -> list[Completion]:
         device = next(self.model.parameters()).device
-        width = max(map(len, prompts))
+        width, real = max(map(len, prompts)), len(prompts)
+        if self.compiled:  # the shapes of every call (module docstring)
+            width = -(-width // WIDTH_STEP) * WIDTH_STEP
+            extra = self.batch_size - real
+            prompts, seeds = prompts + [prompts[0]] * extra, seeds + [seeds[0]] * extra
         input_ids = torch.tensor([[self.pad_id] * (width - len(p)) + p for p in prompts], device=device)  # left pad
         attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
         # Greedy decoding over our processors: transformers' own order (constraint, temperature, top-k, top-p), then
         # the seeded draw, which leaves a single token for the argmax.
         config = GenerationConfig(do_sample=False, max_new_tokens=sampling.max_tokens, eos_token_id=self.stop_ids,
-                                  pad_token_id=self.pad_id)
+                                  pad_token_id=self.pad_id, cache_implementation="static" if self.compiled else None)
         sampler = SeededRowSampling(row_uniforms(seeds, sampling.max_tokens).to(device), width)
         processors = LogitsProcessorList(
             ([ChoiceConstraint(width, allowed, self.pad_id)] if allowed else [])
@@ -96,7 +109,7 @@ class TransformersGenerator:
         new_ids = sequences[:, width:]  # (B, T)
         logprobs = torch.stack(sampler.logprobs, dim=1)  # (B, T)
         completions = []
-        for prompt, ids, lps in zip(prompts, new_ids.tolist(), logprobs.tolist()):
+        for prompt, ids, lps in zip(prompts[:real], new_ids.tolist(), logprobs.tolist()):
             end = next((t + 1 for t, tok in enumerate(ids) if tok in self.stop_ids), len(ids))
             completions.append(Completion(
                 prompt_ids=prompt, completion_ids=ids[:end], logprobs=lps[:end],

@@ -34,8 +34,6 @@ class Rollout:
     def __call__(self, prompts: list[list[dict[str, str]]], trainer: Any) -> dict[str, list]:
         c = self.config
         tokenizer = harmony_tokenizer()
-        # Without a generator of its own (vLLM, synced by TRL before each step) we sample from trainer.model itself.
-        generator = self.generator or TransformersGenerator(trainer.model, stop_token_ids(), tokenizer.pad_token_id)
         prompt_ids = [
             render_prompt_ids(messages, reasoning_effort=c.reasoning_effort,
                               developer_instructions=c.developer_instructions)
@@ -46,6 +44,11 @@ class Rollout:
         # of the batch). Prompt i of a call is seeded seed + i (rl/generator.py) and turn t of an episode t batches
         # further on, so steps are spaced by what one step uses.
         n, accelerator = len(prompt_ids), trainer.accelerator
+        # Without a generator of its own (vLLM, synced by TRL before each step) we sample from trainer.model itself;
+        # compiled, in batches of this process's n rows, the same every step (rl/hf_generator.py).
+        generator = self.generator or TransformersGenerator(trainer.model, stop_token_ids(), tokenizer.pad_token_id,
+                                                            batch_size=n if c.compile_generation else 64,
+                                                            compiled=c.compile_generation)
         batch = n * accelerator.num_processes
         seed = c.seed * 1_000_003 + trainer.state.global_step * batch * c.max_turns + accelerator.process_index * n
         sampling = Sampling(max_tokens=c.max_completion_tokens, temperature=c.temperature, top_p=c.top_p,

@@ -106,6 +106,9 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     rank, processes = process_layout()
     use_cpu = config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available())
     check_gpus(use_cpu, processes)
+    if config.compile_generation and rollout_backend(config) != "transformers":
+        raise ConfigError(f"compile_generation: applies to generator: transformers, and the rollout backend here is "
+                          f"{rollout_backend(config)} (set generator: transformers, or leave compile_generation off)")
     run_dir = Path(config.output_dir)
     samples = SampleTable(run_dir, config.samples_every, config.rewards)
     rewards = [samples.watch(GuardedReward(name, get_reward(name), config.reward_on_error)) for name in config.rewards]
@@ -148,6 +151,8 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
         # TRL syncs it after each optimizer step; a server is synced before the first rollout too (it may hold
         # another run's weights), the colocated engine was just built from these.
         attach(trainer, engine, config.constrain_to_actions, loaded=backend == "vllm")
+    elif config.compile_generation:
+        attach(trainer, None, config.constrain_to_actions)  # the policy's own weights, computed differently
     if checkpoint:
         log.info("resuming from %s", checkpoint)
     try:

@@ -162,17 +162,26 @@ class WeightSync:
             self.trainer._log_metric(f"sync/{key}", value)
 
 
-def attach(trainer: Any, generator: SyncedGenerator, constrained: bool, loaded: bool = True) -> None:
-    """Make `trainer` (TRL GRPOTrainer) sync `generator` after every optimizer step and correct for its sampling.
+class NoSync:
+    """For a sampler that reads the policy's own weights (the compiled transformers generator): nothing to send."""
+
+    def sync_weights(self) -> None:
+        pass
+
+
+def attach(trainer: Any, generator: SyncedGenerator | None, constrained: bool, loaded: bool = True) -> None:
+    """Make `trainer` (TRL GRPOTrainer) sync `generator` after every optimizer step and correct for its sampling;
+    `generator` None: a sampler that reads the policy's own weights but computes other numbers (compiled), which
+    needs the correction only.
 
     TRL has no public hook for an outside generator; these are the attributes its own vLLM path sets up. With
     `constrained` decoding the sampler's distribution is the policy renormalised over the allowed answers, which TRL's
     recomputed logprobs do not know: the correction would then down-weight every sample, so it stays off, exactly as
-    with the transformers backend.
+    with the eager transformers backend.
     """
     trainer.use_vllm = True
     trainer.vllm_importance_sampling_correction = trainer.vllm_importance_sampling_correction and not constrained
-    trainer.vllm_generation = WeightSync(trainer, generator)
+    trainer.vllm_generation = NoSync() if generator is None else WeightSync(trainer, generator)
     # `loaded`: the engine was built from the current weights (colocated; or from the released checkpoint, which equals
     # the policy while its adapters are zero), so TRL's first sync is skipped; a server may hold another run's weights,
     # and NF4 layers differ from the checkpoint's, so those are synced before the first rollout (-1 is never a step).

@@ -5,7 +5,7 @@ import torch
 
 from oss_grpo.rl.generator import Sampling
 from oss_grpo.rl.harmony import harmony_tokenizer, render_prompt_ids, stop_token_ids
-from oss_grpo.rl.hf_generator import SeededRowSampling, TransformersGenerator, row_uniforms
+from oss_grpo.rl.hf_generator import WIDTH_STEP, SeededRowSampling, TransformersGenerator, row_uniforms
 from oss_grpo.rl.tiny_model import build_tiny_model
 
 
@@ -31,6 +31,30 @@ def test_a_completion_depends_on_its_seed_not_on_its_batch(generator: Transforme
             assert a.logprobs == pytest.approx(b.logprobs, abs=1e-5)
     again = generator.generate(prompts, Sampling(max_tokens=6, seed=20))
     assert [c.completion_ids for c in again] != [c.completion_ids for c in whole]  # the seed does matter
+
+
+def test_the_compiled_layout_samples_what_eager_does(generator: TransformersGenerator, monkeypatch) -> None:
+    """`compiled` (config compile_generation) pads prompts to WIDTH_STEP tokens and rows to `batch_size`, so a GPU's
+    compiled decode sees one shape, and uses a static KV cache. On the CPU, where transformers compiles nothing, that
+    layout must sample exactly what the plain one does."""
+    prompts = [render_prompt_ids([{"role": "user", "content": text}], reasoning_effort="low")
+               for text in ("Your move?", "Board: 2 4 8 16, your move?", "Hi")]
+    plain = generator.generate(prompts, Sampling(max_tokens=6, seed=10))
+    compiled = TransformersGenerator(generator.model, generator.stop_ids, generator.pad_id, batch_size=5,
+                                     compiled=True)
+    calls = []
+    real_generate = generator.model.generate
+
+    def spy(**kwargs):
+        calls.append((tuple(kwargs["input_ids"].shape), kwargs["generation_config"].cache_implementation))
+        return real_generate(**kwargs)
+
+    monkeypatch.setattr(generator.model, "generate", spy)
+    got = compiled.generate(prompts, Sampling(max_tokens=6, seed=10))
+    assert calls == [((5, WIDTH_STEP * -(-max(map(len, prompts)) // WIDTH_STEP)), "static")]
+    assert [c.completion_ids for c in got] == [c.completion_ids for c in plain]
+    for a, b in zip(got, plain):
+        assert a.prompt_ids == b.prompt_ids and a.logprobs == pytest.approx(b.logprobs, abs=1e-5)
 
 
 def test_seeded_rows_draw_from_the_processed_distribution() -> None:

@@ -7,8 +7,9 @@ import torch
 import trl.trainer.utils
 from trl.trainer.utils import add_fused_lm_head
 
-from oss_grpo.rl.config import TrainConfig
+from oss_grpo.rl.config import TrainConfig, load_config
 from oss_grpo.rl.errors import ConfigError
+from oss_grpo.rl.metrics import read_metrics
 from oss_grpo.rl.tiny_model import build_tiny_model
 from oss_grpo.rl import train as train_module
 from oss_grpo.rl.train import grpo_args, score_only_completion_tokens, train
@@ -76,3 +77,24 @@ def test_one_process_seeing_several_gpus_stops_before_loading(tmp_path: Path, mo
     monkeypatch.setattr(train_module, "grpo_args", lambda *args: (_ for _ in ()).throw(RuntimeError("past the check")))
     with pytest.raises(RuntimeError, match="past the check"):
         train(config)
+
+
+def test_compile_generation_needs_the_transformers_generator(tmp_path: Path) -> None:
+    config = TrainConfig(compile_generation=True, generator="vllm-server", output_dir=str(tmp_path / "run"))
+    with pytest.raises(ConfigError, match="compile_generation: applies to generator: transformers.*vllm-server"):
+        train(config)
+    assert not (tmp_path / "run").exists()  # refused before anything was written or loaded
+
+
+def test_compiled_generation_turns_on_the_sampling_correction(tmp_path: Path) -> None:
+    """`compile_generation` samples from the policy's own weights through other kernels (a GPU compiles the decode),
+    so TRL's importance-sampling correction is on, as for vLLM: it logs the gap between the sampler's and the
+    trainer's log-probs, here (CPU: a static cache, nothing compiled) of rounding size. Off, nothing is logged."""
+    rows = {}
+    for compiled in (True, False):
+        config = load_config("configs/2048-tiny.yaml", [
+            f"compile_generation={str(compiled).lower()}", "constrain_to_actions=false", "prompts_per_step=2",
+            "num_tasks=4", "max_steps=1", "save_steps=1", f"output_dir={tmp_path / str(compiled)}"])
+        rows[compiled] = read_metrics(train(config))[0]
+    assert 0.0 <= rows[True]["sampler_logp_diff_max"] < 1e-3
+    assert "sampler_logp_diff_max" not in rows[False]
