@@ -4,7 +4,7 @@
     python bench/decode_speed.py --shape tiny --device cpu --new-tokens 4                     # what the test runs
 
 bench/full_step.py's first H100 run decoded at 7 tokens/s per sequence (batch 32), 40x under the floor that HBM
-bandwidth allows. This script says why and measures the fix, on the same model (`full_step.build_model`, ours: MXFP4
+bandwidth allows. This script says why and measures the fix, on the same model (`bench_model.build_model`, ours: MXFP4
 experts, PEFT LoRA r16 on attention and experts, as the step trains it):
 
     eager     transformers `generate`, static KV cache, no compilation (what the step ran)
@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from full_step import SHAPES, Settings, as_policy, build_model, generate, random_ids, warm_up_settings
+from bench_model import SHAPES, Settings, as_policy, build_model, generate, random_ids, warm_up_settings
 from oss_grpo.rl.moe import use_fp32_routers
 
 

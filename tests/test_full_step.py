@@ -1,5 +1,5 @@
-"""bench/full_step.py and bench/decode_speed.py at tiny size on the CPU: the GPU benchmarks' own functions, so a GPU
-run works first time.
+"""bench/full_step.py, bench/decode_speed.py and their bench_model.py at tiny size on the CPU: the GPU benchmarks'
+own functions, so a GPU run works first time.
 
 Both modes run every phase of the step with finite losses and the step moves every LoRA factor (attention and
 experts); ours holds no float expert weight while the baseline does, and TRL's fused LM head, which the benchmark uses
@@ -12,20 +12,25 @@ import json
 import math
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("full_step", REPO / "bench" / "full_step.py")
-full_step = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(full_step)
-sys.modules["full_step"] = full_step  # what bench/decode_speed.py imports (it runs from bench/)
-_spec = importlib.util.spec_from_file_location("decode_speed", REPO / "bench" / "decode_speed.py")
-decode_speed = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(decode_speed)
 
-TINY = full_step.SHAPES["tiny"]
-SETTINGS = full_step.Settings(**full_step.DEFAULTS["tiny"])
+
+def _bench(name: str) -> ModuleType:
+    """bench/NAME.py as module NAME, which is how the benches import each other (they run from bench/)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
+    module = sys.modules[name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+bench_model, full_step, decode_speed = (_bench(name) for name in ("bench_model", "full_step", "decode_speed"))
+
+TINY = bench_model.SHAPES["tiny"]
+SETTINGS = bench_model.Settings(**bench_model.DEFAULTS["tiny"])
 CPU = torch.device("cpu")
 
 
@@ -54,7 +59,7 @@ def test_fused_lm_head_equals_full_logits_in_values_and_gradients() -> None:
     import trl.trainer.utils
 
     assert TINY.vocab_size > trl.trainer.utils._CHUNKED_LOGPROB_CHUNK_SIZE  # several vocabulary tiles
-    policy = full_step.as_policy(full_step.build_model(TINY, "ours", CPU, dtype=torch.float32), "ours", SETTINGS)
+    policy = bench_model.as_policy(bench_model.build_model(TINY, "ours", CPU, dtype=torch.float32), "ours", SETTINGS)
     policy.eval()
     with torch.no_grad():
         for name, p in policy.named_parameters():
@@ -112,8 +117,8 @@ def test_decode_speed_parts_report_on_the_step_model(tmp_path: Path) -> None:
 def test_forced_decoding_compares_two_runs_distributions_and_can_fail() -> None:
     """decode_speed's check of compiled against eager decoding, with two eager runs here (no CUDA graphs on a CPU):
     the same model gives the same distributions at every step, a changed adapter does not."""
-    settings = full_step.Settings(prompts=3, group=1, prompt_tokens=6, new_tokens=5, micro_batch=3)
-    policy = full_step.as_policy(full_step.build_model(TINY, "ours", CPU, dtype=torch.float32), "ours", settings)
+    settings = bench_model.Settings(prompts=3, group=1, prompt_tokens=6, new_tokens=5, micro_batch=3)
+    policy = bench_model.as_policy(bench_model.build_model(TINY, "ours", CPU, dtype=torch.float32), "ours", settings)
     policy.eval()
     prompts = torch.randint(0, TINY.vocab_size - 1, (3, 6), generator=torch.Generator().manual_seed(0))
     tokens = torch.randint(0, TINY.vocab_size - 1, (3, 5), generator=torch.Generator().manual_seed(1))
