@@ -79,7 +79,7 @@ def kernel_params(types: Sequence[str], values: Sequence[Any],
 
 
 class _Cuda:
-    """The two driver calls the launcher needs, bound before lock-down (libcuda is a file)."""
+    """The driver calls the launcher needs, bound before lock-down (libcuda is a file)."""
 
     def __init__(self) -> None:
         lib = ctypes.CDLL("libcuda.so.1")
@@ -116,7 +116,7 @@ class Launcher(nvidia_driver.CudaLauncher):
 
     cuda: _Cuda | None = None  # set by install
 
-    def __init__(self, src: Any, metadata: Any) -> None:  # noqa: D107 (the attributes CudaLauncher.__init__ sets)
+    def __init__(self, src: Any, metadata: Any) -> None:  # the attributes CudaLauncher.__init__ sets, but `launch`
         types = flatten(src.signature.values())
         if any(not isinstance(t, str) or t.startswith("tensordesc") or t == "nvTmaDesc" for t in types):
             raise RuntimeError("tensor descriptors (TMA) are not supported by the sandbox's Triton launcher")

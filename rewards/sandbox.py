@@ -57,7 +57,7 @@ What is NOT covered:
   jail denies, so the kernel checker's harness compiles through the driver instead (`_triton_jail`). Host RAM:
   writable private memory stays capped at `memory_mb` (RLIMIT_DATA), but shared anonymous mappings count only
   against the raised address space (64 GiB more); making one takes `mmap` or ctypes, which the import guard
-  refuses. What it does not give: the warm worker pool that amortises CUDA start-up (~4 s a call on an H100).
+  refuses. What it does not give: the warm worker pool that amortises start-up (2.5-4 s a call on an H100).
 
 The GPU profile (`GPU`): CUDA needs (a) the NVIDIA device nodes, which are bound into the new root at their own
 paths (with namespaces only: without a mount namespace a bind mount would be the host's), (b) its driver library

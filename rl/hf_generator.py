@@ -7,9 +7,11 @@ Sampling is ours, not `generate`'s: `generate` draws every row of a batch from o
 completion would depend on which other prompts shared its batch, and under `accelerate launch` on how the batch was
 split over processes. `SeededRowSampling` gives each row its own stream, seeded as `Sampling.seed` says (vLLM seeds
 each request the same way), so a completion depends only on its prompt, its seed and the weights.
+
 `compiled` (config `compile_generation`): a static KV cache, which transformers compiles on a GPU. A compiled graph
 serves only the shapes it was made for, so the prompts are left-padded to a multiple of `WIDTH_STEP` and the rows to
-`batch_size` (copies of the first prompt, dropped afterwards): every call of a run then has the same shapes.
+`batch_size` (copies of the first prompt, dropped afterwards): the calls of a run repeat one shape, or a few where a
+multi-turn episode's prompts grow through several widths (one compile each).
 """
 
 import torch
