@@ -50,7 +50,10 @@ class PolicySampler:
 
     def __init__(self, config: TrainConfig, model: PreTrainedModel, actions: list[str]) -> None:
         self.config, self.calls = config, 0
-        self.generator = TransformersGenerator(model, stop_token_ids(), harmony_tokenizer().pad_token_id)
+        # compiled (`compile_generation`): every call padded to the most rows an evaluation asks for at once
+        rows = max(config.eval_tasks, config.eval_games) if config.compile_generation else 64
+        self.generator = TransformersGenerator(model, stop_token_ids(), harmony_tokenizer().pad_token_id,
+                                               batch_size=rows, compiled=config.compile_generation)
         self.allowed = [final_answer_ids(a) for a in actions] if config.constrain_to_actions else None
 
     def __call__(self, prompts: list[list[dict[str, str]]]) -> list[Completion]:
@@ -114,7 +117,8 @@ def eval_game2048_strategy(config: TrainConfig, sample: PolicySampler) -> Metric
 def eval_kernelgen(config: TrainConfig, sample: PolicySampler) -> Metrics:
     dataset, _ = task_builder(config.env)(dataclasses.replace(config, num_tasks=config.eval_tasks))
     answers = sample(list(dataset["prompt"]))
-    verdicts = [check_answer(task, a.parsed.final) for task, a in zip(dataset["kernel_task"], answers, strict=True)]
+    verdicts = [check_answer(task, a.parsed.final, device)  # on the config's kernelgen_device, as in training
+                for task, device, a in zip(dataset["kernel_task"], dataset["kernel_device"], answers, strict=True)]
     speedups = [v.speedup for v in verdicts if v.speedup is not None]
     return {"answers": len(verdicts), "pass_at_1": float(np.mean([v.correct == 1.0 for v in verdicts])),
             "mean_correct_trials": float(np.mean([v.correct for v in verdicts])),

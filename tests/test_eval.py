@@ -38,6 +38,8 @@ def test_eval_writes_the_metrics_as_json_and_is_reproducible_for_a_seed(adapter:
     assert path == adapter.parent / "eval-final.json" and saved["metrics"] == first and list(first) == MOVE_COLUMNS
     assert first["boards"] == 4 and first["games"] == 2 and 0.0 <= first["mean_move_reward"] <= 1.0
     assert evaluate(config, adapter)[0] == first
+    compiled = load_config(REPO / "configs/2048-tiny.yaml", [*SMALL_EVAL, "compile_generation=true"])
+    assert evaluate(compiled, adapter)[0] == first  # its padded layout (compiled on a GPU) samples the same answers
     assert metrics_table(first).splitlines()[0].split() == ["metric", "value"]
 
 
@@ -77,3 +79,16 @@ def test_every_env_evaluation_gives_its_metrics(config: str, overrides: list[str
         assert metrics["mean_speedup"] is None  # no kernel is timed on a CPU (nor correct from a random model)
     else:
         assert 0.0 <= metrics["valid_function_rate"] <= 1.0
+
+
+def test_kernelgen_evaluation_checks_on_the_configs_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`kernelgen_device: cuda` (the GPU configs) must check eval answers on the GPU too, as training's rewards do."""
+    from oss_grpo.rewards.kernel_check import KernelVerdict
+    from oss_grpo.rl import evaluation
+    from oss_grpo.rl.policy import load_policy
+
+    devices = []
+    monkeypatch.setattr(evaluation, "check_answer", lambda task, answer, device: devices.append(device) or
+                        KernelVerdict(False, 0.0, "stand-in"))
+    cfg = load_config(REPO / "configs/kernelgen-tiny.yaml", ["eval_tasks=2", "kernelgen_device=cuda"])
+    assert evaluation.evaluate_policy(cfg, load_policy(cfg))["answers"] == 2 and devices == ["cuda", "cuda"]
