@@ -155,7 +155,7 @@ class TrainConfig:
     """PPO-style clipping range of the importance ratio."""
     learning_rate: float = 1e-5
     """AdamW learning rate of the adapters."""
-    optim: Literal[tuple(OPTIMIZERS)] = "adamw"  # Literal["adamw", "adamw_8bit"]
+    optim: Literal[tuple(OPTIMIZERS)] = "adamw"
     """The adapters' optimizer: torch's AdamW (float32 moments, 8 bytes per LoRA weight), or bitsandbytes' 8-bit
     AdamW (blockwise-quantised moments, 2 bytes; Dettmers et al. 2022), which saved 1.03 GiB on the gpt-oss-20b step
     with LoRA r16 on the experts (docs/BENCHMARKS.md). Needs bitsandbytes (the `gpu` extra)."""

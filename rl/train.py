@@ -106,9 +106,10 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     rank, processes = process_layout()
     use_cpu = config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available())
     check_gpus(use_cpu, processes)
-    if config.compile_generation and rollout_backend(config) != "transformers":
+    backend = rollout_backend(config)
+    if config.compile_generation and backend != "transformers":
         raise ConfigError(f"compile_generation: applies to generator: transformers, and the rollout backend here is "
-                          f"{rollout_backend(config)} (set generator: transformers, or leave compile_generation off)")
+                          f"{backend} (set generator: transformers, or leave compile_generation off)")
     run_dir = Path(config.output_dir)
     samples = SampleTable(run_dir, config.samples_every, config.rewards)
     rewards = [samples.watch(GuardedReward(name, get_reward(name), config.reward_on_error)) for name in config.rewards]
@@ -120,7 +121,6 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     checkpoint = latest_checkpoint(run_dir) if resume else None
     args = grpo_args(config, use_cpu, processes)  # a batch that does not split over the processes stops here
     dataset, actions = build_tasks(config)
-    backend = rollout_backend(config)
     if rank == 0:  # one writer per run folder: under accelerate launch the other processes only train
         for name in (METRICS_FILE, SAMPLES_FILE):
             truncate_metrics(run_dir, checkpoint_step(checkpoint) if checkpoint else 0, name)

@@ -86,13 +86,13 @@ def test_compile_generation_needs_the_transformers_generator(tmp_path: Path) -> 
     assert not (tmp_path / "run").exists()  # refused before anything was written or loaded
 
 
-def test_compiled_generation_turns_on_the_sampling_correction(tmp_path: Path) -> None:
+def test_compiled_generation_turns_on_the_sampling_correction(tmp_path: Path, repo: Path) -> None:
     """`compile_generation` samples from the policy's own weights through other kernels (a GPU compiles the decode),
     so TRL's importance-sampling correction is on, as for vLLM: it logs the gap between the sampler's and the
     trainer's log-probs, here (CPU: a static cache, nothing compiled) of rounding size. Off, nothing is logged."""
     rows = {}
     for compiled in (True, False):
-        config = load_config("configs/2048-tiny.yaml", [
+        config = load_config(repo / "configs/2048-tiny.yaml", [
             f"compile_generation={str(compiled).lower()}", "constrain_to_actions=false", "prompts_per_step=2",
             "num_tasks=4", "max_steps=1", "save_steps=1", f"output_dir={tmp_path / str(compiled)}"])
         rows[compiled] = read_metrics(train(config))[0]
