@@ -11,6 +11,8 @@ transformers' own loader either needs the kernel hub's `triton_kernels` for MXFP
 4. recomputes the rotary frequencies, the only non-persistent buffers.
 
 A tensor missing from the checkpoint, or one the model has no place for, is a CheckpointError naming it.
+`save_mxfp4_gpt_oss` writes that layout back (a quantised bf16 model saved once loads in seconds next time; the GPU
+benches write random gpt-oss-20b-shaped checkpoints with it).
 """
 
 import json
@@ -20,6 +22,7 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
+from safetensors.torch import save_file
 from transformers import AutoConfig, GptOssConfig, GptOssForCausalLM
 from transformers.models.gpt_oss.modeling_gpt_oss import GptOssRotaryEmbedding
 
@@ -39,9 +42,9 @@ def checkpoint_files(path: Path) -> list[Path]:
 
 
 def is_mxfp4_checkpoint(path: Path) -> bool:
-    """True when the checkpoint stores its experts as `*_blocks`/`*_scales` (the released gpt-oss models do)."""
-    with safe_open(checkpoint_files(path)[0], framework="pt") as shard:
-        return any(name.endswith("_blocks") for name in shard.keys())
+    """True when the checkpoint stores its experts as `*_blocks`/`*_scales` (the released gpt-oss models do), in any
+    shard (the first may hold only the embedding)."""
+    return any(name.endswith("_blocks") for name in _shapes(checkpoint_files(path)))
 
 
 def _shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
@@ -116,3 +119,34 @@ def load_mxfp4_gpt_oss(path: str | Path, dtype: torch.dtype, device: str | torch
     if targets:
         raise CheckpointError(f"{path}: no tensor for {', '.join(sorted(targets)[:5])} ({len(targets)} missing)")
     return model.eval()
+
+
+def save_mxfp4_gpt_oss(model: GptOssForCausalLM, path: str | Path, shard_bytes: int = 5 * 2**30) -> list[Path]:
+    """Write `model` (with `Mxfp4Experts`) in the released layout: float tensors bf16, experts as their uint8
+    `*_blocks`/`*_scales`, shards of at most `shard_bytes` (a larger tensor gets one alone) with
+    `model.safetensors.index.json`, and config.json marked `quant_method: mxfp4` as the released folders are.
+    Tensors are copied to host memory one shard at a time. Returns the shard paths."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    shards: list[list[str]] = [[]]
+    size = 0
+    state = model.state_dict()  # tied weights appear under both names; the released checkpoints tie none
+    for name, tensor in state.items():
+        nbytes = tensor.numel() * (1 if tensor.dtype == torch.uint8 else 2)
+        if shards[-1] and size + nbytes > shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(name)
+        size += nbytes
+    files = [f"model-{i:05d}-of-{len(shards):05d}.safetensors" for i in range(1, len(shards) + 1)]
+    for file, names in zip(files, shards):
+        tensors = {n: (state[n] if state[n].dtype == torch.uint8 else state[n].to(torch.bfloat16)).contiguous().cpu()
+                   for n in names}
+        save_file(tensors, str(path / file), metadata={"format": "pt"})
+    weight_map = {name: file for file, names in zip(files, shards) for name in names}
+    (path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    model.config.save_pretrained(path)
+    config = json.loads((path / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "mxfp4", "modules_to_not_convert": ["model.layers.*.self_attn"]}
+    (path / "config.json").write_text(json.dumps(config, indent=2))
+    return [path / file for file in files]

@@ -5,6 +5,7 @@ import json
 import time
 from pathlib import Path
 
+import torch
 from transformers import ProgressCallback, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 METRICS_FILE = "metrics.jsonl"
@@ -29,7 +30,9 @@ def truncate_metrics(run_dir: Path, last_step: int, name: str = METRICS_FILE) ->
 
 
 class MetricsCallback(TrainerCallback):
-    """Appends TRL's per-step logs (renamed) plus wall-clock seconds and tokens/s to `metrics.jsonl`."""
+    """Appends TRL's per-step logs (renamed) plus wall-clock seconds and tokens/s to `metrics.jsonl`, and on a GPU
+    the step's peak of allocated memory (`gpu_peak_gib`, this process's: rollouts, log-probs and update together),
+    the number that says whether a longer completion or a bigger micro-batch would still fit."""
 
     def __init__(self, run_dir: Path) -> None:
         self.path = Path(run_dir) / METRICS_FILE
@@ -46,6 +49,9 @@ class MetricsCallback(TrainerCallback):
         if self.last_tokens is not None:
             record["tokens_per_s"] = (tokens - self.last_tokens) / record["seconds"]
         self.last_time, self.last_tokens = now, tokens
+        if torch.cuda.is_initialized():
+            record["gpu_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            torch.cuda.reset_peak_memory_stats()  # the next line reports the next step alone
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
 

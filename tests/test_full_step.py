@@ -27,7 +27,8 @@ def _bench(name: str) -> ModuleType:
     return module
 
 
-bench_model, full_step, decode_speed = (_bench(name) for name in ("bench_model", "full_step", "decode_speed"))
+bench_model, full_step, decode_speed, random_checkpoint = (
+    _bench(name) for name in ("bench_model", "full_step", "decode_speed", "random_checkpoint"))
 
 TINY = bench_model.SHAPES["tiny"]
 SETTINGS = bench_model.Settings(**bench_model.DEFAULTS["tiny"])
@@ -135,3 +136,15 @@ def test_forced_decoding_compares_two_runs_distributions_and_can_fail() -> None:
     moved = decode_speed.logprob_gap(first, decode_speed.forced_logprobs(policy, prompts, settings, tokens, 4),
                                      tokens[:, :4])
     assert moved["forced_token_gap_mean"] > 1e-3 and moved["kl_mean"] > 1e-4, moved
+
+
+def test_random_checkpoint_loads_as_the_model_it_was_drawn_as(tmp_path: Path) -> None:
+    """What `oss-grpo train --set model=FOLDER` reads back is bench_model's model, experts still MXFP4 bytes."""
+    from oss_grpo.rl.gpt_oss_loader import load_mxfp4_gpt_oss
+
+    random_checkpoint.main([str(tmp_path), "--shape", "tiny", "--device", "cpu", "--seed", "3"])
+    loaded = load_mxfp4_gpt_oss(tmp_path, torch.bfloat16).state_dict()
+    drawn = bench_model.build_model(TINY, "ours", CPU, seed=3).state_dict()
+    assert loaded.keys() == drawn.keys()
+    assert all(torch.equal(loaded[name], drawn[name]) for name in drawn)
+    assert loaded["model.layers.0.mlp.experts.gate_up_proj_blocks"].dtype == torch.uint8

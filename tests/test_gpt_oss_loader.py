@@ -10,14 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import GptOssForCausalLM
 
 from oss_grpo.kernels.mxfp4 import dequantize
 from oss_grpo.rl.config import TrainConfig
 from oss_grpo.rl.errors import CheckpointError
-from oss_grpo.rl.gpt_oss_loader import is_mxfp4_checkpoint, load_mxfp4_gpt_oss
+from oss_grpo.rl.gpt_oss_loader import is_mxfp4_checkpoint, load_mxfp4_gpt_oss, save_mxfp4_gpt_oss
 from oss_grpo.rl.moe import PROJECTIONS, Mxfp4Experts, swap_experts
 from oss_grpo.rl.policy import load_policy
 from oss_grpo.rl.tiny_model import build_tiny_model
@@ -28,27 +27,12 @@ SHAPE = dict(vocab_size=256, num_local_experts=8)
 IDS = torch.randint(0, 256, (2, 10), generator=torch.Generator().manual_seed(0))
 
 
-def write_mxfp4_checkpoint(model: GptOssForCausalLM, folder: Path) -> None:
-    """`model` (with Mxfp4Experts) saved in the released layout: bf16 + uint8 tensors over two shards and an index."""
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {name: t if t.dtype == torch.uint8 else t.to(torch.bfloat16) for name, t in model.state_dict().items()}
-    names = sorted(state)
-    shards = {"model-00000-of-00001.safetensors": names[::2], "model-00001-of-00001.safetensors": names[1::2]}
-    for file, part in shards.items():
-        save_file({name: state[name].contiguous() for name in part}, str(folder / file), metadata={"format": "pt"})
-    weight_map = {name: file for file, part in shards.items() for name in part}
-    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-    model.config.save_pretrained(folder)
-    config = json.loads((folder / "config.json").read_text())
-    config["quantization_config"] = {"quant_method": "mxfp4", "modules_to_not_convert": ["model.layers.*.self_attn"]}
-    (folder / "config.json").write_text(json.dumps(config))
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> tuple[Path, GptOssForCausalLM]:
     source = swap_experts(build_tiny_model(seed=0, dtype=torch.bfloat16, **SHAPE))
     folder = tmp_path_factory.mktemp("gpt-oss-mxfp4")
-    write_mxfp4_checkpoint(source, folder)
+    shards = save_mxfp4_gpt_oss(source, folder, shard_bytes=2**16)  # several shards, the first without experts
+    assert len(shards) > 2 and json.loads((folder / "config.json").read_text())["quantization_config"]
     return folder, source
 
 
@@ -130,11 +114,11 @@ def test_missing_and_unexpected_tensors_are_named(checkpoint, tmp_path) -> None:
     folder, source = checkpoint
     broken = swap_experts(build_tiny_model(seed=0, dtype=torch.bfloat16, **SHAPE))
     del broken.model.layers[1].self_attn.sinks
-    write_mxfp4_checkpoint(broken, tmp_path / "missing")
+    save_mxfp4_gpt_oss(broken, tmp_path / "missing")
     with pytest.raises(CheckpointError, match=r"model\.layers\.1\.self_attn\.sinks"):
         load_mxfp4_gpt_oss(tmp_path / "missing", torch.float32)
     broken.model.layers[1].self_attn.register_buffer("extra", torch.zeros(2))
     broken.model.layers[1].self_attn.sinks = torch.nn.Parameter(torch.zeros(4))
-    write_mxfp4_checkpoint(broken, tmp_path / "unexpected")
+    save_mxfp4_gpt_oss(broken, tmp_path / "unexpected")
     with pytest.raises(CheckpointError, match=r"model\.layers\.1\.self_attn\.extra"):
         load_mxfp4_gpt_oss(tmp_path / "unexpected", torch.float32)

@@ -98,3 +98,23 @@ def test_compiled_generation_turns_on_the_sampling_correction(tmp_path: Path, re
         rows[compiled] = read_metrics(train(config))[0]
     assert 0.0 <= rows[True]["sampler_logp_diff_max"] < 1e-3
     assert "sampler_logp_diff_max" not in rows[False]
+
+
+def test_each_metrics_line_carries_its_own_steps_gpu_peak(tmp_path, monkeypatch) -> None:
+    """On a GPU every line reports the peak since the line before, then resets it; on a CPU there is no such key."""
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from oss_grpo.rl.metrics import MetricsCallback
+
+    peaks, resets = iter([3 * 2**30, 2**29]), []
+    callback, state = MetricsCallback(tmp_path), TrainerState()
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
+    for step, on_gpu in ((1, False), (2, True), (3, True)):
+        monkeypatch.setattr(torch.cuda, "is_initialized", lambda: on_gpu)
+        monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda: next(peaks))
+        monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda: resets.append(step))
+        state.global_step = step
+        callback.on_log(args, state, TrainerControl(), logs={"reward": 0.5, "loss": 0.1})
+    rows = read_metrics(tmp_path)
+    assert "gpu_peak_gib" not in rows[0]
+    assert [r["gpu_peak_gib"] for r in rows[1:]] == [3.0, 0.5] and resets == [2, 3]
