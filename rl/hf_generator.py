@@ -19,6 +19,7 @@ from transformers import (GenerationConfig, LogitsProcessor, LogitsProcessorList
                           TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
 
 from oss_grpo.rl.choice_constraint import ChoiceConstraint
+from oss_grpo.rl.errors import GeneratorError
 from oss_grpo.rl.generator import Completion, Sampling, prompt_seeds
 from oss_grpo.rl.harmony import parse_completion
 
@@ -35,21 +36,30 @@ class SeededRowSampling(LogitsProcessor):
     It must run last, under greedy decoding: it returns 0 for the drawn token and -inf elsewhere, so `generate`'s
     argmax takes exactly that token. The logprob kept is that of the distribution the token was drawn from (the
     scores after the constraint, temperature, top-k and top-p), as vLLM's `processed_logprobs` reports it.
+
+    A row whose scores hold NaN or +inf (a broken forward: fp16 overflow, a bad checkpoint, a kernel bug) has no
+    distribution: it is drawn as token 0 and marked in `broken`, which the generator checks once at the end (no sync
+    per step); unchecked, its draw would index past the vocabulary, a CUDA device-side assert that kills the run.
     """
 
     def __init__(self, uniforms: torch.Tensor, prompt_length: int) -> None:
         self.uniforms, self.prompt_length = uniforms, prompt_length  # (B, max_tokens)
         self.logprobs: list[torch.Tensor] = []
         """One (B,) tensor per generated position."""
+        self.broken = torch.zeros(uniforms.shape[0], dtype=torch.bool, device=uniforms.device)
+        """Rows that met non-finite scores at some step."""
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         step = input_ids.shape[1] - self.prompt_length
+        broken = (scores.isnan() | (scores == float("inf"))).any(-1)  # (B,); -inf is a masked token, not a fault
+        self.broken |= broken
         logprobs = scores.log_softmax(-1)  # (B, V); tokens masked by the processors before this one have -inf
         # float64: the sum runs over the whole vocabulary (201k), and a zero-probability token must add exactly
         # nothing, so the first position reaching the target is never one the processors masked out.
         cdf = logprobs.double().exp().cumsum(-1)  # (B, V)
         target = self.uniforms[:, step : step + 1] * cdf[:, -1:]  # (B, 1), in (0, total]
         tokens = torch.searchsorted(cdf, target)  # (B, 1): the first position whose cdf reaches the target
+        tokens = tokens.masked_fill(broken[:, None], 0)
         self.logprobs.append(logprobs.gather(-1, tokens)[:, 0])
         return torch.full_like(scores, float("-inf")).scatter_(-1, tokens, 0.0)
 
@@ -108,6 +118,12 @@ class TransformersGenerator:
         sequences = self.model.generate(
             input_ids=input_ids, attention_mask=attention_mask, generation_config=config, logits_processor=processors
         )
+        if sampler.broken.any():
+            rows = sampler.broken[:real].nonzero().flatten().tolist()
+            raise GeneratorError(
+                f"the policy's logits were NaN or infinite for {len(rows)} of {real} completions (rows {rows[:8]}): "
+                f"its forward pass is broken, see docs/TROUBLESHOOTING.md"
+                f"{' (and try compile_generation: false)' if self.compiled else ''}")
         new_ids = sequences[:, width:]  # (B, T)
         logprobs = torch.stack(sampler.logprobs, dim=1)  # (B, T)
         completions = []

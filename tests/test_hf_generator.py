@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from oss_grpo.rl.errors import GeneratorError
 from oss_grpo.rl.generator import Sampling
 from oss_grpo.rl.harmony import harmony_tokenizer, render_prompt_ids, stop_token_ids
 from oss_grpo.rl.hf_generator import WIDTH_STEP, SeededRowSampling, TransformersGenerator, row_uniforms
@@ -69,3 +70,34 @@ def test_seeded_rows_draw_from_the_processed_distribution() -> None:
     torch.testing.assert_close(frequencies, scores[0].softmax(-1), atol=0.02, rtol=0)
     assert frequencies[2] == 0
     torch.testing.assert_close(sampler.logprobs[0], scores[0].log_softmax(-1)[drawn])
+
+
+def test_a_row_without_a_distribution_is_flagged_not_drawn_past_the_vocabulary() -> None:
+    """NaN or +inf scores (a broken forward) would make the inverse-CDF draw index past the vocabulary: on a GPU a
+    device-side assert that kills the run. Such rows are drawn as token 0 and flagged; -inf (masked) is normal."""
+    scores = torch.tensor([[1.0, float("-inf"), 0.0], [float("nan")] * 3, [0.0, float("inf"), 1.0]])
+    sampler = SeededRowSampling(row_uniforms([1, 2, 3], steps=1), prompt_length=2)
+    out = sampler(torch.zeros(3, 2, dtype=torch.long), scores)
+    assert sampler.broken.tolist() == [False, True, True]
+    assert out.argmax(-1)[1:].tolist() == [0, 0] and out[0, 1] == float("-inf")
+
+
+def test_nan_logits_stop_the_generation_with_an_error_naming_the_rows(generator: TransformersGenerator) -> None:
+    """A forward that turns one row's logits to NaN mid-completion ends in a GeneratorError (which the trainer turns
+    into a saved checkpoint and a resume hint), not in garbage tokens."""
+    calls = []
+
+    def poison(module, args, output):
+        calls.append(1)
+        if len(calls) == 3:  # the second decode step
+            output[1] = float("nan")
+        return output
+
+    prompts = [render_prompt_ids([{"role": "user", "content": text}], reasoning_effort="low") for text in ("a", "b")]
+    handle = generator.model.lm_head.register_forward_hook(poison)
+    try:
+        with pytest.raises(GeneratorError, match=r"NaN or infinite for 1 of 2 completions \(rows \[1\]\)"):
+            generator.generate(prompts, Sampling(max_tokens=5, seed=1))
+    finally:
+        handle.remove()
+    assert len(calls) == 5  # the whole batch was generated, then checked once
