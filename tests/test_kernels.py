@@ -211,6 +211,31 @@ def test_mxfp4_matmul_transposed_matches_reference(counts: list[int], n: int, k:
     assert_close_to(dx, mxfp4_matmul_transposed_torch(dy.double(), blocks, scales, groups), dtype)
 
 
+# gpt-oss-20b's gate_up on a GPU (N 5760, K 2880, 32 experts: each routing repeated 8 times), a narrow stand-in with
+# fewer rows under the interpreter; rows per expert as a decode step, a prefill pass and a prompt whose near-identical
+# tokens all pick the same experts route them.
+WIDE = (5760, 2880, 32) if DEVICE.type == "cuda" else (136, 2880, 4)
+ROUTINGS = {"decode": [2, 1, 3, 0], "prefill": [128, 120, 136, 128], "skewed": [700, 0, 3, 297]}
+if DEVICE.type != "cuda":
+    ROUTINGS.update(prefill=[34, 30, 36, 32], skewed=[90, 0, 3, 40])
+
+
+@pytest.mark.parametrize("routing", sorted(ROUTINGS))
+def test_full_width_products_are_finite_and_repeatable(routing: str) -> None:
+    """A second run gives the same bits and nothing is NaN or infinite, at gpt-oss width, in bf16: the failure a
+    compiled kernel's race or uninitialised read shows, which the comparisons above can miss (a faster variant that
+    passed them gave NaN logits in the 20b trainer: docs/BENCHMARKS.md, 2026-12-06)."""
+    n, k, experts = WIDE
+    counts = ROUTINGS[routing] * (experts // 4)
+    x, blocks, scales, groups, bias = inputs(counts, n, k, torch.bfloat16, seed=15)
+    dy = torch.randn(sum(counts), n, generator=torch.Generator().manual_seed(16)).to(torch.bfloat16).to(DEVICE)
+    first = mxfp4_matmul(x, blocks, scales, groups, bias.bfloat16()), mxfp4_matmul_transposed(dy, blocks, scales, groups)
+    second = mxfp4_matmul(x, blocks, scales, groups, bias.bfloat16()), mxfp4_matmul_transposed(dy, blocks, scales, groups)
+    for a, b in zip(first, second):
+        assert a.isfinite().all() and torch.equal(a, b)
+    assert_close_to(first[1], mxfp4_matmul_transposed_torch(dy.double(), blocks, scales, groups), torch.bfloat16)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_grouped_matmul_and_outer_match_reference(dtype: torch.dtype) -> None:
     counts = [5, 0, 70]
