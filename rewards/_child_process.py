@@ -12,6 +12,7 @@ import os
 import selectors
 import signal
 import subprocess
+import threading
 import time
 
 from oss_grpo.rl.errors import SandboxError
@@ -30,21 +31,34 @@ class ChildOutcome:
     returncode: int | None
     timed_out: bool
     overflow: str | None  # "stdout", "stderr" or "result"
+    queued_s: float = 0.0
+    """Seconds the started child waited for the gate (not counted against its deadline)."""
 
 
 def supervise(cmd: list[str], env: dict[str, str], payload: dict, workdir: str, deadline: float,
-              output_limit: int, result_limit: int, sweep_uid: int | None) -> ChildOutcome:
-    """Start the child, feed it the payload, read its three pipes under caps until it ends or time is up."""
+              output_limit: int, result_limit: int, sweep_uid: int | None,
+              gate: "threading.Lock | None" = None) -> ChildOutcome:
+    """Start the child, feed it the payload, read its three pipes under caps until it ends or time is up.
+
+    With a `gate`, the child stops after its trusted start-up (the `preloaded` line) until this call holds the gate,
+    and the gate is held until the child is gone: calls sharing a gate start up side by side but run their code
+    one at a time. The wait moves the deadline back by as long."""
     channel_r, channel_w = os.pipe()
+    gate_r, gate_w = os.pipe() if gate is not None else (None, None)
     try:
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                pass_fds=(channel_w,), cwd=workdir, env=env, start_new_session=True)
+                                pass_fds=(channel_w,) + ((gate_r,) if gate_r is not None else ()), cwd=workdir,
+                                env=env, start_new_session=True)
     except OSError as e:
-        os.close(channel_r)
+        for fd in (channel_r, gate_w):
+            if fd is not None:
+                os.close(fd)
         raise SandboxError(f"cannot start the sandbox child: {e}") from e
     finally:
-        os.close(channel_w)
-    pending = marshal.dumps({**payload, "result_fd": channel_w})  # trusted direction only
+        for fd in (channel_w, gate_r):
+            if fd is not None:
+                os.close(fd)
+    pending = marshal.dumps({**payload, "result_fd": channel_w, "gate_fd": gate_r})  # trusted direction only
     names = {proc.stdout.fileno(): "stdout", proc.stderr.fileno(): "stderr", channel_r: "result"}
     caps = {"stdout": output_limit, "stderr": output_limit, "result": result_limit + 4096}
     bufs = {name: bytearray() for name in caps}
@@ -57,7 +71,7 @@ def supervise(cmd: list[str], env: dict[str, str], payload: dict, workdir: str, 
     exit_fd = _pidfd(proc.pid)
     if exit_fd is not None:
         sel.register(exit_fd, selectors.EVENT_READ)
-    timed_out, overflow, exited_at = False, None, None
+    timed_out, overflow, exited_at, held, queued = False, None, None, False, 0.0
     try:
         while overflow is None:
             now = time.monotonic()
@@ -94,8 +108,21 @@ def supervise(cmd: list[str], env: dict[str, str], payload: dict, workdir: str, 
                         break
                     else:
                         bufs[name] += chunk
+                    if gate_w is not None and not held and b"preloaded\n" in bufs["result"]:
+                        waited_from = time.monotonic()
+                        gate.acquire()  # bounded: the holder's own deadline ends its turn
+                        held, queued = True, time.monotonic() - waited_from
+                        deadline += queued
+                        try:
+                            os.write(gate_w, b"g")
+                        except BrokenPipeError:  # the child died waiting; its exit status will say why
+                            pass
     finally:
         _terminate(proc, sweep_uid)
+        if held:
+            gate.release()
+        if gate_w is not None:
+            os.close(gate_w)
         sel.close()
         for fd in (channel_r, exit_fd):
             if fd is not None:
@@ -103,7 +130,7 @@ def supervise(cmd: list[str], env: dict[str, str], payload: dict, workdir: str, 
         for stream in (proc.stdin, proc.stdout, proc.stderr):
             stream.close()
     return ChildOutcome(bytes(bufs["stdout"]), bytes(bufs["stderr"]), bytes(bufs["result"]), proc.returncode,
-                    timed_out, overflow)
+                        timed_out, overflow, queued)
 
 
 def _pidfd(pid: int) -> int | None:

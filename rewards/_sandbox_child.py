@@ -5,7 +5,8 @@ imported by the trainer, so it is stdlib-only, and it imports only builtin modul
 is most of a call's cost. Protocol: the parent writes a `marshal`led payload on stdin (trusted data:
 marshal is never used on anything the code produced); the child writes to the file descriptor
 `payload["result_fd"]` the lines `start`, then `preloaded` once the allowed modules the code names are
-imported, then either `{"setup_error": ...}` (the sandbox is broken: the parent raises SandboxError) or
+imported (and, when `payload["gate_fd"]` is set, waits for one byte on it: its turn among gated calls), then
+either `{"setup_error": ...}` (the sandbox is broken: the parent raises SandboxError) or
 the line `ready`, then runs the code and writes one JSON line
 `{"ok": true, "value": ...}` or `{"ok": false, "failure": ..., "error": ...}`. With a `harness` (trusted
 checker code named by the parent, imported before the code's modules), the child calls `harness(fn, ...)`. It encodes that JSON itself
@@ -266,6 +267,9 @@ def main() -> None:
             except BaseException:  # the code's own import reports it after lock-down
                 pass
         _write_all(fd, b"preloaded\n")  # a crash before this line is the code's (it chose the modules)
+        if payload["gate_fd"] is not None:  # the parent's go-ahead: the code runs when no other gated call does
+            os.read(payload["gate_fd"], 1)
+            os.close(payload["gate_fd"])
         mapped = _mapped_bytes()  # before the new root hides /proc
         _new_root(payload)
         _limit(payload, mapped)

@@ -26,6 +26,7 @@ import functools
 import math
 import re
 import secrets
+import threading
 
 import torch
 
@@ -49,6 +50,10 @@ SPEEDUP_CLIP = 4.0
 """`speedup_score` is log2 of the speed-up clipped to [-SPEEDUP_CLIP, SPEEDUP_CLIP]: 16x either way is the bound."""
 TIMING = {"warmup": 3, "iters": 9}
 """Rounds of the speed-up measurement: warm-up rounds (caches, allocator, first-call costs), then timed ones."""
+ONE_AT_A_TIME = threading.Lock()
+"""Every check's sandbox gate (`sandbox.run`'s `gate`): checks called from several threads start up together
+(torch, CUDA, Triton: most of a check's time) and run the kernels one at a time, so no kernel is timed beside another
+check's work (start-ups excepted: they touch neither the timed GPU stream nor, much, the timed CPU core)."""
 INTERPRETED = "not timed: Triton kernels run in Triton's CPU interpreter here, whose speed says nothing about them"
 _FENCE = re.compile(r"```[ \t]*(?:python|py)?[ \t]*\n(.*?)```", re.DOTALL | re.IGNORECASE)
 
@@ -154,7 +159,7 @@ def check_kernel(task: KernelTask, source: str, *, seed: int | None = None, timi
                          memory_mb=MEMORY_MB, allowed_imports=ALLOWED_IMPORTS | RUNTIME_IMPORTS, harness=HARNESS,
                          env={"TRITON_INTERPRET": "1"} if device == "cpu" else TRITON_JAIL_ENV if uses_triton else {},
                          result_limit_bytes=64 << 20,
-                         profile=sandbox.GPU if device == "cuda" else sandbox.CPU)
+                         profile=sandbox.GPU if device == "cuda" else sandbox.CPU, gate=ONE_AT_A_TIME)
     if not result.ok:
         return KernelVerdict(False, 0.0, f"{result.failure}: {result.error}", seconds=result.seconds,
                              speedup_note="not timed: the sandbox call failed")

@@ -57,7 +57,8 @@ What is NOT covered:
   jail denies, so the kernel checker's harness compiles through the driver instead (`_triton_jail`). Host RAM:
   writable private memory stays capped at `memory_mb` (RLIMIT_DATA), but shared anonymous mappings count only
   against the raised address space (64 GiB more); making one takes `mmap` or ctypes, which the import guard
-  refuses. What it does not give: the warm worker pool that amortises start-up (2.5-4 s a call on an H100).
+  refuses. Start-up (2.5-4 s a call on an H100) is paid by every call, but calls sharing a `gate` pay it side by
+side (the kernel rewards do: `kernel_check`).
 
 The GPU profile (`GPU`): CUDA needs (a) the NVIDIA device nodes, which are bound into the new root at their own
 paths (with namespaces only: without a mount namespace a bind mount would be the host's), (b) its driver library
@@ -84,6 +85,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
@@ -213,6 +215,7 @@ def run(
     env: Mapping[str, str] | None = None,
     harness: str | None = None,
     profile: Profile = CPU,
+    gate: "threading.Lock | None" = None,
 ) -> SandboxResult:
     """Run `function(*args, **kwargs)` defined by `source` in a fresh jail and return what happened.
 
@@ -234,6 +237,10 @@ def run(
             same process as the code (one start-up for many trials); its return value is the result. It runs
             beside the code, so whatever it returns is as forgeable as `fn`'s own value: verdicts stay in the parent.
         profile: What the jail grants beyond the default (`CPU`): `GPU` for CUDA code (module docstring).
+        gate: A lock shared by calls made from several threads: each child starts up (interpreter, harness,
+            preloaded modules: seconds for torch and CUDA) at once, then runs the code only while holding the lock,
+            so timed code never shares the machine with another call's code. Waiting for the lock does not count
+            against `timeout_s` (nor in `seconds`).
 
     Raises:
         SandboxError: only for bad arguments from the caller or a sandbox that cannot start.
@@ -284,8 +291,8 @@ def run(
         sweep_uid = uid if not iso.namespaces and not iso.seccomp else None
         passed = {k: os.environ[k] for k in profile.passthrough_env if k in os.environ}
         out = supervise(cmd, {**passed, **(env or {}), **_CHILD_ENV}, payload, workdir, start + timeout_s,
-                        output_limit_bytes, result_limit_bytes, sweep_uid)
-    return _classify(out, timeout_s, output_limit_bytes, result_limit_bytes, time.monotonic() - start)
+                        output_limit_bytes, result_limit_bytes, sweep_uid, gate)
+    return _classify(out, timeout_s, output_limit_bytes, result_limit_bytes, time.monotonic() - start - out.queued_s)
 
 
 def _validate(source: str, function: str, timeout_s: float, memory_mb: int, allowed_imports: Collection[str],

@@ -148,6 +148,23 @@ def test_rewards_score_answers_and_garbage() -> None:
     assert "SyntaxError" in check_answer("softmax", garbage[1].final).reason
 
 
+def test_a_batch_is_checked_once_per_distinct_answer_and_answered_in_order(monkeypatch) -> None:
+    """The rewards check a batch's answers side by side (kernelgen.STARTED_AHEAD at once, the kernels themselves one
+    at a time: kernel_check.ONE_AT_A_TIME), each distinct answer once, and return the verdicts in batch order."""
+    from oss_grpo.rewards.kernelgen import verdicts
+
+    kernel_check._check_answer.cache_clear()  # earlier tests checked the same answers
+    checked = []
+    monkeypatch.setattr(kernel_check, "check_kernel", lambda task, source, **kw: checked.append(source) or
+                        check_kernel(task, source, **kw))
+    good = SimpleNamespace(final=f"```python\n{GOOD_SOFTMAX}```")
+    twin = SimpleNamespace(final=f"```python\n# the same kernel, another answer\n{GOOD_SOFTMAX}```")
+    broken = SimpleNamespace(final="```python\ndef softmax(x, out):\n    out.copy_(x)\n```")
+    result = verdicts([good, broken, good, twin, broken], ["softmax"] * 5, None)
+    assert [v.correct for v in result] == [1.0, 0.0, 1.0, 1.0, 0.0]
+    assert len(checked) == 3 and not kernel_check.ONE_AT_A_TIME.locked()
+
+
 def test_sandbox_rejects_a_malformed_harness() -> None:
     with pytest.raises(SandboxError, match="harness"):
         sandbox.run("def f():\n    return 1\n", "f", harness="not a module")

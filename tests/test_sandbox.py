@@ -133,6 +133,54 @@ def test_concurrent_calls_are_independent():
     assert [r.value for r in results] == [0, 1, 4, 9]
 
 
+SPAN = "import time\ndef f(seconds):\n    t0 = time.monotonic()\n    while time.monotonic() - t0 < seconds:\n" \
+       "        pass\n    return [t0, time.monotonic()]"
+
+
+def run_together(calls: list[dict]) -> list[sandbox.SandboxResult]:
+    """`sandbox.run(**call)` for every call, each from its own thread, all started at once."""
+    results = [None] * len(calls)
+    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, sandbox.run(**calls[i])))
+               for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def test_calls_sharing_a_gate_run_their_code_one_at_a_time():
+    """What lets the kernel rewards start several checks at once and still time each kernel alone: the code of
+    gated calls never overlaps (the spans are the code's own clock readings, ordered, not timed)."""
+    gate = threading.Lock()
+    call = dict(source=SPAN, function="f", args=(0.2,), allowed_imports={"time"}, gate=gate)
+    results = run_together([call] * 4)
+    assert all(r.ok for r in results), results
+    spans = sorted(r.value for r in results)
+    assert all(end <= start for (_, end), (start, _) in zip(spans, spans[1:]))
+    assert not gate.locked()
+
+
+def test_a_gated_call_that_times_out_lets_the_next_one_run():
+    gate = threading.Lock()
+    hang = dict(source="def f(x):\n    while True:\n        pass", function="f", args=(0,), timeout_s=1.0, gate=gate)
+    quick = dict(source=SPAN, function="f", args=(0.0,), allowed_imports={"time"}, timeout_s=5.0, gate=gate)
+    first, second = run_together([hang, quick])
+    assert first.failure == "timeout" and second.ok and not gate.locked()
+
+
+def test_waiting_for_the_gate_does_not_count_against_the_timeout():
+    """Held elsewhere for 2.5 s, the gate makes a 1.5 s call wait longer than its whole budget; it still runs."""
+    gate = threading.Lock()
+    gate.acquire()
+    releaser = threading.Timer(2.5, gate.release)
+    releaser.start()
+    result = sandbox.run(SPAN, "f", args=(0.0,), allowed_imports={"time"}, timeout_s=1.5, gate=gate)
+    releaser.join()
+    assert result.ok, result
+    assert result.seconds < 2.5  # the wait is left out of `seconds` too
+
+
 # ---- static layer: refused before anything runs -------------------------------------------------
 
 STATIC = {
