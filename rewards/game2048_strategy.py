@@ -14,12 +14,14 @@ checks their form and replays them on `Game2048StrategyEnv` to compute every ver
 - A hung strategy is killed at the task's `timeout_s` (failure "timeout"); a slow one that is still returning moves
   is cut by the harness at 3/4 of it and scored on the games as far as they got.
 
-The three rewards share one sandbox run per (code, task) through a small cache, so weighting all three costs one run.
+The three rewards share one sandbox run per (code, task) through a small cache, so weighting all three costs one run;
+the answers of a batch run side by side, one per core (`fan_out`).
 """
 
 import functools
 import inspect
 import math
+import os
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +29,7 @@ from typing import Any
 from oss_grpo.envs import game2048, game2048_strategy
 from oss_grpo.envs.game2048_strategy import MOVE_KEYS, GameResult, replay, spawn_table
 from oss_grpo.rewards import sandbox
+from oss_grpo.rewards.fan_out import map_distinct
 from oss_grpo.rewards.protocol import Score
 from oss_grpo.rewards.registry import reward
 from oss_grpo.rewards.source_check import check_source
@@ -130,10 +133,15 @@ def play_strategy(code: str | None, seeds: tuple[int, ...], max_moves: int, time
     return StrategyRun(None, games=tuple(replay(seed, m, max_moves) for seed, m in zip(seeds, moves)))
 
 
+PLAYED_AT_ONCE = os.cpu_count() or 1
+"""Answers of a batch played at once: one sandbox child per core, so no strategy's clock is shared with another's."""
+
+
 def _runs(completions: list[Any], game_seeds: list[list[int]], max_moves: list[int],
           timeout_s: list[float]) -> list[StrategyRun]:
-    return [play_strategy(extract_code(c.final), tuple(seeds), moves, float(seconds))
+    jobs = [(extract_code(c.final), tuple(seeds), moves, float(seconds))
             for c, seeds, moves, seconds in zip(completions, game_seeds, max_moves, timeout_s, strict=True)]
+    return map_distinct(play_strategy, jobs, PLAYED_AT_ONCE)
 
 
 @reward("game2048_strategy_runs", range=(0.0, 1.0))

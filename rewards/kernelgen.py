@@ -7,9 +7,9 @@ final answer, no code, refused code or a crash scores 0, never an error: a rando
 """
 
 import os
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from oss_grpo.rewards.fan_out import map_distinct
 from oss_grpo.rewards.kernel_check import SPEEDUP_CLIP, KernelVerdict, check_answer
 from oss_grpo.rewards.protocol import Score
 from oss_grpo.rewards.registry import reward
@@ -25,10 +25,7 @@ def verdicts(completions: list[Any], kernel_task: list[str], kernel_device: list
     """The checker's verdict on each completion's final answer (cached: the three rewards share one run), in order."""
     devices = kernel_device or ["cpu"] * len(completions)
     jobs = [(task, c.final, device) for c, task, device in zip(completions, kernel_task, devices, strict=True)]
-    unique = list(dict.fromkeys(jobs))  # a group often repeats an answer: check it once, as the cache would
-    with ThreadPoolExecutor(STARTED_AHEAD) as pool:
-        found = dict(zip(unique, pool.map(lambda job: check_answer(*job), unique)))
-    return [found[job] for job in jobs]
+    return map_distinct(check_answer, jobs, STARTED_AHEAD)
 
 
 @reward("kernel_runs", range=(0.0, 1.0))

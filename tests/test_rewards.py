@@ -75,3 +75,22 @@ def test_guard_unpacks_scores_and_counts_their_reasons() -> None:
     scores, guarded = call(lambda completions, **_: [Score(1.0, "ok"), Score(None, "no answer"), Score(0.0, "ok")])
     assert scores == [1.0, None, 0.0] and guarded.errors == 0
     assert guarded.reasons == {"ok": 2, "no answer": 1}
+
+
+def test_map_distinct_runs_each_distinct_job_once_side_by_side_in_batch_order() -> None:
+    """The batch scoring of the sandboxed rewards (kernelgen, 2048 strategy): two jobs wait for each other at a
+    barrier, which only jobs running at the same time can pass; the repeated job runs once; order is kept."""
+    import threading
+
+    from oss_grpo.rewards.fan_out import map_distinct
+
+    barrier, calls = threading.Barrier(2, timeout=30), []
+
+    def job(name: str) -> str:
+        calls.append(name)
+        if name in ("a", "b"):
+            barrier.wait()  # BrokenBarrierError after 30 s if "a" and "b" ran one after the other
+        return name.upper()
+
+    assert map_distinct(job, [("a",), ("b",), ("a",), ("c",)], workers=2) == ["A", "B", "A", "C"]
+    assert sorted(calls) == ["a", "b", "c"]
