@@ -57,8 +57,8 @@ What is NOT covered:
   jail denies, so the kernel checker's harness compiles through the driver instead (`_triton_jail`). Host RAM:
   writable private memory stays capped at `memory_mb` (RLIMIT_DATA), but shared anonymous mappings count only
   against the raised address space (64 GiB more); making one takes `mmap` or ctypes, which the import guard
-  refuses. Start-up (2.5-4 s a call on an H100) is paid by every call, but calls sharing a `gate` pay it side by
-side (the kernel rewards do: `kernel_check`).
+  refuses. Start-up (2.5-4 s a call on an H100) is paid by every call, but calls sharing a `gate` pay it side
+  by side (the kernel rewards do: `kernel_check`).
 
 The GPU profile (`GPU`): CUDA needs (a) the NVIDIA device nodes, which are bound into the new root at their own
 paths (with namespaces only: without a mount namespace a bind mount would be the host's), (b) its driver library

@@ -51,12 +51,12 @@ class SeededRowSampling(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         step = input_ids.shape[1] - self.prompt_length
-        broken = (scores.isnan() | (scores == float("inf"))).any(-1)  # (B,); -inf is a masked token, not a fault
-        self.broken |= broken
         logprobs = scores.log_softmax(-1)  # (B, V); tokens masked by the processors before this one have -inf
         # float64: the sum runs over the whole vocabulary (201k), and a zero-probability token must add exactly
         # nothing, so the first position reaching the target is never one the processors masked out.
         cdf = logprobs.double().exp().cumsum(-1)  # (B, V)
+        broken = cdf[:, -1].isnan()  # (B,): a NaN or +inf score makes the whole row NaN (inf - inf); -inf does not
+        self.broken |= broken
         target = self.uniforms[:, step : step + 1] * cdf[:, -1:]  # (B, 1), in (0, total]
         tokens = torch.searchsorted(cdf, target)  # (B, 1): the first position whose cdf reaches the target
         tokens = tokens.masked_fill(broken[:, None], 0)
