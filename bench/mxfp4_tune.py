@@ -63,9 +63,7 @@ def launcher(kind: str, cfg: tuple[int, int, int, int, int], x, dy, w, scales, g
     out = torch.empty(x.shape[0], N, dtype=x.dtype, device=x.device)
     grid = (tiles, triton.cdiv(N, bn))
     if kind == "wx":
-        halves = x.view(x.shape[0], K // 2, 2).permute(2, 0, 1).contiguous()
-        args = (halves, out, w, scales, x, groups.offsets, tile_expert, tile_row, N, K // 2,
-                halves.stride(1), halves.stride(0), out.stride(0))
+        args = (x, out, w, scales, x, groups.offsets, tile_expert, tile_row, N, K // 2, x.stride(0), out.stride(0))
         return lambda: (jit._mxfp4_wx_kernel[grid](*args, *strides, 0, HAS_BIAS=False, DOT_DTYPE=jit.tl.bfloat16,
                                                    **opts), out)[1]
     args = (x, out, w, scales, x, groups.offsets, tile_expert, tile_row, N, K, x.stride(0), out.stride(0))

@@ -17,11 +17,15 @@ row n holds code k = 2j in its low nibble and k = 2j + 1 in its high nibble; `sc
 The "wx" kernels dequantise in registers (_e2m1_to_bf16, exact) and put the weights on the LEFT of the dot,
 y^T = W_e x^T and dx^T = W_e^T dy^T: W's tile is the wgmma operand that may come from registers, and the routed rows
 become the dot's N dimension, which may be as small as 16, so an expert with few rows wastes little. Each byte holds
-an even and an odd code: rather than interleave them into one tile (tl.join + reshape feeding the dot does not
-compile in Triton 3.6), each step runs two dots, the low nibbles against x's even columns and the high nibbles
-against its odd ones (the forward reads x as [2, M, K/2], its even and odd columns apart; dX stores even and odd
-output columns apart). `tl.dot_scaled` cannot do dX at all: its scales must run along the reduction dim, and there
-they run along the output dim. The fp32 path (fp16-only GPUs) is the wx kernels with float32 dots.
+an even and an odd code, decoded apart. The forward interleaves them back into k order in registers (tl.join +
+reshape), so one dot per step covers BLOCK_K and x is read as it is. It must not instead run two dots, the low
+nibbles against x's even columns and the high ones against its odd columns, into one accumulator: that races on the
+H100 (Triton 3.6 leaves the second dot in flight across iterations while the next step overwrites its register
+operand: NaN in the 20b trainer, rarely and nondeterministically; docs/BENCHMARKS.md, 2026-12-06), and two
+accumulators cost twice the registers. dX does run two dots, into two accumulators that are different outputs (its
+even and odd columns, stored apart): measured faster there than one interleaved dot. `tl.dot_scaled` cannot do dX at
+all: its scales must run along the reduction dim, and there they run along the output dim. The fp32 path
+(fp16-only GPUs) is the wx kernels with float32 dots.
 
 Tiling. A program owns BLOCK_M rows of one expert and BLOCK_N outputs; the (tile -> expert, first row) table comes
 from routing.ExpertGroups.tiles, so one launch covers every expert and tiles past the end exit at once. K and N need
@@ -95,33 +99,39 @@ def _e2m1_to_bf16(codes, scales):
 
 
 @triton.jit
-def _weight_tile(W, S, n, n_ok, b0, K_BYTES, stride_wn, stride_sn,
-                 DOT_DTYPE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_BYTES: tl.constexpr):  # fmt: skip
-    """Rows n of W_e, bytes b0 .. b0 + BLOCK_BYTES, dequantised: (even k, odd k), each [BLOCK_N, BLOCK_BYTES]. The
-    scales, one byte per 16 bytes of codes, are loaded once and broadcast in registers."""
+def _weight_tile(W, S, n, n_ok, b0, K_BYTES, stride_wn, stride_sn, DOT_DTYPE: tl.constexpr,
+                 BLOCK_N: tl.constexpr, BLOCK_BYTES: tl.constexpr, TRANSPOSED: tl.constexpr):  # fmt: skip
+    """Rows n of W_e, bytes b0 .. b0 + BLOCK_BYTES, dequantised: (even k, odd k), each [BLOCK_N, BLOCK_BYTES], or
+    [BLOCK_BYTES, BLOCK_N] when TRANSPOSED, loaded that way (dX: 1.3-1.5x faster than transposing in registers, which
+    goes through shared memory). The scales, one byte per 16 bytes of codes, are loaded once and broadcast."""
     byte = b0 + tl.arange(0, BLOCK_BYTES)
-    codes = tl.load(W + n[:, None] * stride_wn + byte[None, :], mask=n_ok[:, None] & (byte[None, :] < K_BYTES), other=0)
-    codes = codes.to(tl.int32)
     group = b0 // 16 + tl.arange(0, BLOCK_BYTES // 16)
-    s_ok = n_ok[:, None] & (group[None, :] < K_BYTES // 16)
-    s = tl.load(S + n[:, None] * stride_sn + group[None, :], mask=s_ok, other=127).to(tl.int32)
-    s = tl.reshape(tl.broadcast_to(s[:, :, None], (BLOCK_N, BLOCK_BYTES // 16, 16)), (BLOCK_N, BLOCK_BYTES))
-    even = _e2m1_to_bf16(codes & 15, s).to(DOT_DTYPE)
-    odd = _e2m1_to_bf16(codes >> 4, s).to(DOT_DTYPE)
-    return even, odd
+    if TRANSPOSED:
+        codes = tl.load(W + n[None, :] * stride_wn + byte[:, None], mask=n_ok[None, :] & (byte[:, None] < K_BYTES),
+                        other=0)  # fmt: skip
+        s = tl.load(S + n[None, :] * stride_sn + group[:, None], mask=n_ok[None, :] & (group[:, None] < K_BYTES // 16),
+                    other=127).to(tl.int32)  # fmt: skip
+        s = tl.reshape(tl.broadcast_to(s[:, None, :], (BLOCK_BYTES // 16, 16, BLOCK_N)), (BLOCK_BYTES, BLOCK_N))
+    else:
+        codes = tl.load(W + n[:, None] * stride_wn + byte[None, :], mask=n_ok[:, None] & (byte[None, :] < K_BYTES),
+                        other=0)  # fmt: skip
+        s = tl.load(S + n[:, None] * stride_sn + group[None, :], mask=n_ok[:, None] & (group[None, :] < K_BYTES // 16),
+                    other=127).to(tl.int32)  # fmt: skip
+        s = tl.reshape(tl.broadcast_to(s[:, :, None], (BLOCK_N, BLOCK_BYTES // 16, 16)), (BLOCK_N, BLOCK_BYTES))
+    codes = codes.to(tl.int32)
+    return _e2m1_to_bf16(codes & 15, s).to(DOT_DTYPE), _e2m1_to_bf16(codes >> 4, s).to(DOT_DTYPE)
 
 
 @triton.jit
 def _mxfp4_wx_kernel(
     X, Y, W, S, Bias, Offsets, TileExpert, TileRow,
     N, K_BYTES,
-    stride_xm, stride_xhalf, stride_ym, stride_we, stride_wn, stride_se, stride_sn, stride_be,
+    stride_xm, stride_ym, stride_we, stride_wn, stride_se, stride_sn, stride_be,
     HAS_BIAS: tl.constexpr, DOT_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     """y^T = W_e x^T: the dequantised weights are the left operand, straight from registers into the tensor cores,
-    and a tile can hold as few as 16 rows. X holds x's even and odd columns apart, X[0] = x[:, 0::2] and
-    X[1] = x[:, 1::2] (stride_xhalf between them), to meet the low and high nibbles of each byte."""
+    and a tile can hold as few as 16 rows."""
     expert, rows, row_ok = _tile(TileExpert, TileRow, Offsets, BLOCK_M)
     if expert < 0:
         return
@@ -129,19 +139,15 @@ def _mxfp4_wx_kernel(
     n_ok = n < N
     W += expert * stride_we
     S += expert * stride_se
-    acc_even = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-    acc_odd = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     for b0 in range(0, K_BYTES, BLOCK_K // 2):
         w_even, w_odd = _weight_tile(W, S, n, n_ok, b0, K_BYTES, stride_wn, stride_sn,
-                                     DOT_DTYPE, BLOCK_N, BLOCK_K // 2)  # fmt: skip
-        byte = b0 + tl.arange(0, BLOCK_K // 2)
-        x_ptr = X + rows[:, None] * stride_xm + byte[None, :]
-        x_ok = row_ok[:, None] & (byte[None, :] < K_BYTES)
-        x_even = tl.load(x_ptr, mask=x_ok, other=0.0).to(DOT_DTYPE)
-        x_odd = tl.load(x_ptr + stride_xhalf, mask=x_ok, other=0.0).to(DOT_DTYPE)
-        acc_even = tl.dot(w_even, tl.trans(x_even), acc_even, input_precision="ieee")
-        acc_odd = tl.dot(w_odd, tl.trans(x_odd), acc_odd, input_precision="ieee")
-    acc = acc_even + acc_odd
+                                     DOT_DTYPE, BLOCK_N, BLOCK_K // 2, TRANSPOSED=False)  # fmt: skip
+        w = tl.reshape(tl.join(w_even, w_odd), (BLOCK_N, BLOCK_K))  # k order: byte j's low nibble, then its high
+        ks = 2 * b0 + tl.arange(0, BLOCK_K)
+        x = tl.load(X + rows[:, None] * stride_xm + ks[None, :], mask=row_ok[:, None] & (ks[None, :] < 2 * K_BYTES),
+                    other=0.0)  # fmt: skip
+        acc = tl.dot(w, tl.trans(x.to(DOT_DTYPE)), acc, input_precision="ieee")
     if HAS_BIAS:
         acc += tl.load(Bias + expert * stride_be + n, mask=n_ok, other=0.0).to(tl.float32)[:, None]
     y_ok = n_ok[:, None] & row_ok[None, :]
@@ -169,11 +175,11 @@ def _mxfp4_wx_transposed_kernel(
         n = n0 + tl.arange(0, BLOCK_N)
         n_ok = n < N
         w_even, w_odd = _weight_tile(W, S, n, n_ok, b0, K_BYTES, stride_wn, stride_sn,
-                                     DOT_DTYPE, BLOCK_N, BLOCK_K // 2)  # fmt: skip
+                                     DOT_DTYPE, BLOCK_N, BLOCK_K // 2, TRANSPOSED=True)  # fmt: skip
         dy = tl.load(DY + rows[:, None] * stride_dym + n[None, :], mask=row_ok[:, None] & n_ok[None, :], other=0.0)
         dy_t = tl.trans(dy.to(DOT_DTYPE))  # [BLOCK_N, BLOCK_M]
-        acc_even = tl.dot(tl.trans(w_even), dy_t, acc_even, input_precision="ieee")
-        acc_odd = tl.dot(tl.trans(w_odd), dy_t, acc_odd, input_precision="ieee")
+        acc_even = tl.dot(w_even, dy_t, acc_even, input_precision="ieee")
+        acc_odd = tl.dot(w_odd, dy_t, acc_odd, input_precision="ieee")
     byte = b0 + tl.arange(0, BLOCK_K // 2)
     dx_ptr = DX + rows[None, :] * stride_dxm + 2 * byte[:, None]
     dx_ok = (byte[:, None] < K_BYTES) & row_ok[None, :]
