@@ -106,19 +106,16 @@ def _weight_tile(W, S, n, n_ok, b0, K_BYTES, stride_wn, stride_sn, DOT_DTYPE: tl
     goes through shared memory). The scales, one byte per 16 bytes of codes, are loaded once and broadcast."""
     byte = b0 + tl.arange(0, BLOCK_BYTES)
     group = b0 // 16 + tl.arange(0, BLOCK_BYTES // 16)
+    if TRANSPOSED:  # k down the tile, n across
+        n, n_ok, byte, group = n[None, :], n_ok[None, :], byte[:, None], group[:, None]
+    else:
+        n, n_ok, byte, group = n[:, None], n_ok[:, None], byte[None, :], group[None, :]
+    codes = tl.load(W + n * stride_wn + byte, mask=n_ok & (byte < K_BYTES), other=0).to(tl.int32)
+    s = tl.load(S + n * stride_sn + group, mask=n_ok & (group < K_BYTES // 16), other=127).to(tl.int32)
     if TRANSPOSED:
-        codes = tl.load(W + n[None, :] * stride_wn + byte[:, None], mask=n_ok[None, :] & (byte[:, None] < K_BYTES),
-                        other=0)  # fmt: skip
-        s = tl.load(S + n[None, :] * stride_sn + group[:, None], mask=n_ok[None, :] & (group[:, None] < K_BYTES // 16),
-                    other=127).to(tl.int32)  # fmt: skip
         s = tl.reshape(tl.broadcast_to(s[:, None, :], (BLOCK_BYTES // 16, 16, BLOCK_N)), (BLOCK_BYTES, BLOCK_N))
     else:
-        codes = tl.load(W + n[:, None] * stride_wn + byte[None, :], mask=n_ok[:, None] & (byte[None, :] < K_BYTES),
-                        other=0)  # fmt: skip
-        s = tl.load(S + n[:, None] * stride_sn + group[None, :], mask=n_ok[:, None] & (group[None, :] < K_BYTES // 16),
-                    other=127).to(tl.int32)  # fmt: skip
         s = tl.reshape(tl.broadcast_to(s[:, :, None], (BLOCK_N, BLOCK_BYTES // 16, 16)), (BLOCK_N, BLOCK_BYTES))
-    codes = codes.to(tl.int32)
     return _e2m1_to_bf16(codes & 15, s).to(DOT_DTYPE), _e2m1_to_bf16(codes >> 4, s).to(DOT_DTYPE)
 
 

@@ -112,11 +112,10 @@ def mxfp4_matmul(
     strides = (w.stride(0), w.stride(1), scales.stride(0), scales.stride(1), 0 if bias is None else bias.stride(0))
     launch = dict(BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, BLOCK_K=tiles.block_k,
                   num_warps=tiles.num_warps, num_stages=tiles.num_stages, HAS_BIAS=bias is not None)
+    x = x.contiguous()
     if tiles.scaled:
-        x = x.contiguous()
         jit._mxfp4_scaled_kernel[grid](x, y, w, scales, *tables, n, k, x.stride(0), y.stride(0), *strides, **launch)
         return y
-    x = x.contiguous()
     jit._mxfp4_wx_kernel[grid](
         x, y, w, scales, *tables, n, k // 2, x.stride(0), y.stride(0), *strides,
         DOT_DTYPE=dot_dtype(x), **launch,
