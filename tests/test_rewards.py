@@ -2,12 +2,14 @@
 
 import doctest
 import math
+import threading
 from types import SimpleNamespace
 
 import pytest
 
 import oss_grpo.rewards.game2048
 from oss_grpo.rewards import Score, get, registered, reward
+from oss_grpo.rewards.fan_out import map_distinct
 from oss_grpo.rewards.guard import GuardedReward
 from oss_grpo.rl.errors import PluginError, UnknownPlugin
 
@@ -80,10 +82,6 @@ def test_guard_unpacks_scores_and_counts_their_reasons() -> None:
 def test_map_distinct_runs_each_distinct_job_once_side_by_side_in_batch_order() -> None:
     """The batch scoring of the sandboxed rewards (kernelgen, 2048 strategy): two jobs wait for each other at a
     barrier, which only jobs running at the same time can pass; the repeated job runs once; order is kept."""
-    import threading
-
-    from oss_grpo.rewards.fan_out import map_distinct
-
     barrier, calls = threading.Barrier(2, timeout=30), []
 
     def job(name: str) -> str:
