@@ -56,12 +56,12 @@ def launcher(kind: str, cfg: tuple[int, int, int, int, int], x, dy, w, scales, g
     opts = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages)
     if kind == "wxt":
         out = torch.empty(dy.shape[0], K, dtype=dy.dtype, device=dy.device)
-        grid = (tiles, triton.cdiv(K, bk))
+        grid = (triton.cdiv(K, bk), tiles)
         args = (dy, out, w, scales, groups.offsets, tile_expert, tile_row, N, K // 2, dy.stride(0), out.stride(0))
         kernel = jit._mxfp4_wx_transposed_kernel
         return lambda: (kernel[grid](*args, *strides, DOT_DTYPE=jit.tl.bfloat16, **opts), out)[1]
     out = torch.empty(x.shape[0], N, dtype=x.dtype, device=x.device)
-    grid = (tiles, triton.cdiv(N, bn))
+    grid = (triton.cdiv(N, bn), tiles)
     if kind == "wx":
         args = (x, out, w, scales, x, groups.offsets, tile_expert, tile_row, N, K // 2, x.stride(0), out.stride(0))
         return lambda: (jit._mxfp4_wx_kernel[grid](*args, *strides, 0, HAS_BIAS=False, DOT_DTYPE=jit.tl.bfloat16,

@@ -28,8 +28,11 @@ all: its scales must run along the reduction dim, and there they run along the o
 (fp16-only GPUs) is the wx kernels with float32 dots.
 
 Tiling. A program owns BLOCK_M rows of one expert and BLOCK_N outputs; the (tile -> expert, first row) table comes
-from routing.ExpertGroups.tiles, so one launch covers every expert and tiles past the end exit at once. K and N need
-not be multiples of the blocks (gpt-oss K = 2880 = 22.5 x 128): loads are masked, masked codes read as 0 (+0.0).
+from routing.ExpertGroups.tiles, so one launch covers every expert and tiles past the end exit at once. The grid's
+first axis is the column tile and its second the row tile: columns vary fastest, so the programs running at once
+share a few row tiles of x, which stay in L2, and stream the weights; the other order re-reads x from HBM once per
+column tile when x outgrows L2 (16,384 rows of gpt-oss x are 94 MB). K and N need not be multiples of the blocks
+(gpt-oss K = 2880 = 22.5 x 128): loads are masked, masked codes read as 0 (+0.0).
 
 Triton 3.9's interpreter (TRITON_INTERPRET=1, CPU) feeds bf16 operands to tl.dot as their raw integer bits (values
 ~1e9 off), whether made in registers or loaded, so under the interpreter every tl.dot runs in float32 (DOT_DTYPE).
@@ -45,9 +48,9 @@ INTERPRETED: bool = bool(triton.knobs.runtime.interpret)
 
 @triton.jit
 def _tile(TileExpert, TileRow, Offsets, BLOCK_M: tl.constexpr):
-    """This program's expert (-1: nothing to do), its rows and their mask."""
-    expert = tl.load(TileExpert + tl.program_id(0))
-    rows = tl.load(TileRow + tl.program_id(0)) + tl.arange(0, BLOCK_M)
+    """This program's expert (-1: nothing to do), its rows and their mask: the row tile is the grid's second axis."""
+    expert = tl.load(TileExpert + tl.program_id(1))
+    rows = tl.load(TileRow + tl.program_id(1)) + tl.arange(0, BLOCK_M)
     row_end = tl.load(Offsets + tl.maximum(expert, 0) + 1)
     return expert.to(tl.int64), rows, rows < row_end
 
@@ -63,7 +66,7 @@ def _mxfp4_scaled_kernel(
     expert, rows, row_ok = _tile(TileExpert, TileRow, Offsets, BLOCK_M)
     if expert < 0:
         return
-    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < N
     W += expert * stride_we
     S += expert * stride_se
@@ -132,7 +135,7 @@ def _mxfp4_wx_kernel(
     expert, rows, row_ok = _tile(TileExpert, TileRow, Offsets, BLOCK_M)
     if expert < 0:
         return
-    n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = n < N
     W += expert * stride_we
     S += expert * stride_se
@@ -163,7 +166,7 @@ def _mxfp4_wx_transposed_kernel(
     expert, rows, row_ok = _tile(TileExpert, TileRow, Offsets, BLOCK_M)
     if expert < 0:
         return
-    b0 = tl.program_id(1) * (BLOCK_K // 2)
+    b0 = tl.program_id(0) * (BLOCK_K // 2)
     W += expert * stride_we
     S += expert * stride_se
     acc_even = tl.zeros((BLOCK_K // 2, BLOCK_M), dtype=tl.float32)
@@ -194,7 +197,7 @@ def _grouped_matmul_kernel(
     expert, rows, row_ok = _tile(TileExpert, TileRow, Offsets, BLOCK_M)
     if expert < 0:
         return
-    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < N
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):

@@ -30,7 +30,7 @@ def grouped_matmul(x: torch.Tensor, v: torch.Tensor, groups: ExpertGroups) -> to
     n, k = v.shape[2], v.shape[1]
     y = torch.empty(x.shape[0], n, dtype=x.dtype, device=x.device)
     tile_expert, tile_row = groups.tiles(BLOCK_M)
-    grid = (tile_expert.numel(), triton.cdiv(n, BLOCK_N))
+    grid = (triton.cdiv(n, BLOCK_N), tile_expert.numel())
     jit._grouped_matmul_kernel[grid](
         x, y, v, groups.offsets, tile_expert, tile_row,
         n, k,

@@ -107,7 +107,7 @@ def mxfp4_matmul(
     y = torch.empty(x.shape[0], n, dtype=x.dtype, device=x.device)
     tiles = forward_tiles(x, groups)
     tile_expert, tile_row = groups.tiles(tiles.block_m)
-    grid = (tile_expert.numel(), triton.cdiv(n, tiles.block_n))
+    grid = (triton.cdiv(n, tiles.block_n), tile_expert.numel())  # columns fastest: a row tile's x stays in L2
     tables = (x if bias is None else bias, groups.offsets, tile_expert, tile_row)
     strides = (w.stride(0), w.stride(1), scales.stride(0), scales.stride(1), 0 if bias is None else bias.stride(0))
     launch = dict(BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, BLOCK_K=tiles.block_k,
@@ -153,7 +153,7 @@ def mxfp4_matmul_transposed(
     dx = torch.empty(dy.shape[0], k, dtype=dy.dtype, device=dy.device)
     tiles = pick_tiles(TRANSPOSED_TILES, groups)
     tile_expert, tile_row = groups.tiles(tiles.block_m)
-    grid = (tile_expert.numel(), triton.cdiv(k, tiles.block_k))
+    grid = (triton.cdiv(k, tiles.block_k), tile_expert.numel())
     jit._mxfp4_wx_transposed_kernel[grid](
         dy, dx, w, scales, groups.offsets, tile_expert, tile_row,
         n, k // 2,

@@ -20,6 +20,10 @@ def route(router_logits: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.
     return indices, torch.softmax(top_logits, dim=-1)
 
 
+MAX_TILES = 65535
+"""Row tiles of one launch: the kernels put them on the grid's second axis, which CUDA caps at 2^16 - 1."""
+
+
 @dataclass
 class ExpertGroups:
     """Which sorted rows go to which expert, and the per-BLOCK_M tile tables the kernels read."""
@@ -53,6 +57,9 @@ class ExpertGroups:
         that static size needs no sync. Cached per block_m because one MoE layer launches several kernels.
         """
         if block_m not in self._tiles:
+            if -(-self.num_rows // block_m) + self.num_experts > MAX_TILES:
+                raise ValueError(f"{self.num_rows} routed rows need more than {MAX_TILES} tiles of {block_m}: the "
+                                 "kernels' grid cannot launch them; pass fewer tokens per call")  # fmt: skip
             counts = self.offsets[1:] - self.offsets[:-1]
             tiles_per_expert = (counts + block_m - 1) // block_m
             tile_end = torch.cumsum(tiles_per_expert, 0)

@@ -125,6 +125,14 @@ def test_tiles_cover_every_row_once_within_one_expert(counts: list[int], block_m
     assert (seen == 1).all()
 
 
+def test_more_row_tiles_than_a_grid_axis_takes_is_a_clear_error() -> None:
+    """The row tiles go on the grid's second axis (at most 65,535): more fails before any launch, saying why."""
+    groups = ExpertGroups.from_counts(torch.tensor([70_000]), 70_000)
+    with pytest.raises(ValueError, match="70000 routed rows need more than 65535 tiles of 1"):
+        groups.tiles(1)
+    assert groups.tiles(2)[0].numel() == 35_001
+
+
 def test_route_softmax_over_k_in_float32() -> None:
     logits = torch.randn(7, 5, generator=torch.Generator().manual_seed(2)).to(torch.bfloat16)
     indices, weights = route(logits, top_k=2)
