@@ -73,6 +73,12 @@ def runs_triton(x: torch.Tensor) -> bool:
     return x.dtype in (torch.bfloat16, torch.float32) and (x.is_cuda or jit.INTERPRETED)
 
 
+def packed_dequant(x: torch.Tensor) -> bool:
+    """Decode two codes per instruction (PTX bf16x2, _mxfp4_matmul._e2m1_pairs_to_bf16): bf16 on compute capability 9+
+    (mul.bf16x2 needs it; the interpreter cannot run PTX)."""
+    return x.dtype == torch.bfloat16 and x.is_cuda and torch.cuda.get_device_capability(x.device)[0] >= 9
+
+
 def dot_dtype(x: torch.Tensor) -> tl.dtype:
     """bf16 tiles go to tl.dot as bf16 on a GPU, as float32 under the interpreter (see _mxfp4_matmul.py)."""
     return tl.bfloat16 if x.dtype == torch.bfloat16 and not jit.INTERPRETED else tl.float32
@@ -118,7 +124,7 @@ def mxfp4_matmul(
         return y
     jit._mxfp4_wx_kernel[grid](
         x, y, w, scales, *tables, n, k // 2, x.stride(0), y.stride(0), *strides,
-        DOT_DTYPE=dot_dtype(x), **launch,
+        DOT_DTYPE=dot_dtype(x), PACKED=packed_dequant(x), **launch,
     )  # fmt: skip
     return y
 
@@ -158,7 +164,7 @@ def mxfp4_matmul_transposed(
         dy, dx, w, scales, groups.offsets, tile_expert, tile_row,
         n, k // 2,
         dy.stride(0), dx.stride(0), w.stride(0), w.stride(1), scales.stride(0), scales.stride(1),
-        DOT_DTYPE=dot_dtype(dy),
+        DOT_DTYPE=dot_dtype(dy), PACKED=packed_dequant(dy),
         BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, BLOCK_K=tiles.block_k,
         num_warps=tiles.num_warps, num_stages=tiles.num_stages,
     )  # fmt: skip
