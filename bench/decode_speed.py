@@ -17,6 +17,8 @@ experts, PEFT LoRA r16 on attention and experts, as the step trains it):
     profile   torch.profiler over a short eager generation: the ops with the most GPU time and the most host time,
               and the GPU's busy fraction (kernel time over wall time): far under 1 means the host is the bottleneck
     profile-compiled  the same over 64 tokens of the compiled decode: which kernels its time goes to
+    profile-kernels   the same compiled without CUDA graphs (mode "default"), which the profiler sees as one
+              launch: here each of the graph's kernels is listed (Inductor names them after the ops they fuse)
     syncs     host synchronisations per decode step (torch.cuda.set_sync_debug_mode), each with its Python line
     parity    ours against the bf16 baseline model (same weights) on one random batch, with transformers' bf16 router
               and with our float32 router put into the baseline, and those two baselines against each other: the
@@ -35,18 +37,18 @@ import warnings
 from pathlib import Path
 
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList
+from transformers import CompileConfig, LogitsProcessor, LogitsProcessorList
 
 from bench_model import SHAPES, Settings, as_policy, build_model, generate, random_ids, warm_up_settings
 from oss_grpo.rl.moe import use_fp32_routers
 
 
-def timed_generate(model, prompt_ids: torch.Tensor, settings: Settings) -> tuple[torch.Tensor, float]:
-    """`generate` between two device synchronisations: (sequences, seconds)."""
+def timed_generate(model, prompt_ids: torch.Tensor, settings: Settings, **kwargs) -> tuple[torch.Tensor, float]:
+    """`generate` (`kwargs` passed on) between two device synchronisations: (sequences, seconds)."""
     if prompt_ids.is_cuda:
         torch.cuda.synchronize()
     start = time.perf_counter()
-    out = generate(model, prompt_ids, settings)
+    out = generate(model, prompt_ids, settings, **kwargs)
     if prompt_ids.is_cuda:
         torch.cuda.synchronize()
     return out, time.perf_counter() - start
@@ -63,21 +65,22 @@ def speed(model, prompt_ids: torch.Tensor, settings: Settings) -> dict:
             "first_tokens": sequences[:, prompt_ids.shape[1] : prompt_ids.shape[1] + 8].tolist()}
 
 
-def profile(model, prompt_ids: torch.Tensor, settings: Settings, tokens: int = 8, rows: int = 12) -> dict:
+def profile(model, prompt_ids: torch.Tensor, settings: Settings, tokens: int = 8, rows: int = 12, **kwargs) -> dict:
     """Top ops by GPU time and by host time over a short generation of `tokens` (eager, or compiled with
-    `settings.compile`: compiled and its CUDA graphs recorded at that length first), and the GPU's busy fraction."""
+    `settings.compile`: compiled and its CUDA graphs recorded at that length first), and the GPU's busy fraction;
+    `kwargs` go to `generate` (a `compile_config`)."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
     short = dataclasses.replace(settings, new_tokens=tokens)
     if short.compile:
-        timed_generate(model, prompt_ids, short)
+        timed_generate(model, prompt_ids, short, **kwargs)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if prompt_ids.is_cuda else [])
     with torch_profile(activities=activities) as prof:
-        _, seconds = timed_generate(model, prompt_ids, short)
+        _, seconds = timed_generate(model, prompt_ids, short, **kwargs)
     events = prof.key_averages()
     busy = sum(e.self_device_time_total for e in events) / 1e6
-    table = {key: [{"op": e.key[:60], "calls": e.count, "self_gpu_ms": e.self_device_time_total / 1e3,
+    table = {key: [{"op": e.key[:100], "calls": e.count, "self_gpu_ms": e.self_device_time_total / 1e3,
                     "self_cpu_ms": e.self_cpu_time_total / 1e3}
                    for e in sorted(events, key=lambda e: -getattr(e, key))[:rows]]
              for key in ("self_device_time_total", "self_cpu_time_total")}
@@ -202,6 +205,9 @@ def measure_generation(shape, device: torch.device, settings: Settings, parts: l
                 results[part] = profile(model, prompt_ids, settings)
             elif part == "profile-compiled":  # 64 tokens: the decode steps' kernels outweigh the prefill's
                 results[part] = profile(model, prompt_ids, dataclasses.replace(settings, compile=True), tokens=64)
+            elif part == "profile-kernels":  # the same compiled without CUDA graphs: the profiler sees each kernel
+                results[part] = profile(model, prompt_ids, dataclasses.replace(settings, compile=True), tokens=64,
+                                        rows=40, compile_config=CompileConfig(mode="default"))
             elif part == "syncs" and device.type == "cuda":
                 results[part] = syncs(model, prompt_ids, settings)
         except Exception as err:  # a bench part that fails is reported, and the others still run
