@@ -75,7 +75,7 @@ def runs_triton(x: torch.Tensor) -> bool:
 
 def packed_dequant(x: torch.Tensor) -> bool:
     """Decode two codes per instruction (PTX bf16x2, _mxfp4_matmul._e2m1_pairs_to_bf16): bf16 on compute capability 9+
-    (mul.bf16x2 needs it; the interpreter cannot run PTX). On the H100 it made dX 1.1-1.4x faster and left the
+    (mul.bf16x2 needs it; the interpreter cannot run PTX). On the H100 it made dX 1.04-1.38x faster and left the
     forward as it was (docs/BENCHMARKS.md, session 10), bit for bit the same results."""
     return x.dtype == torch.bfloat16 and x.is_cuda and torch.cuda.get_device_capability(x.device)[0] >= 9
 
