@@ -23,7 +23,7 @@ sys.path.insert(0, str(_shim.parent))
 
 from oss_grpo.kernels import _mxfp4_matmul as jit  # noqa: E402
 from oss_grpo.kernels.mxfp4 import dequantize  # noqa: E402
-from oss_grpo.kernels.mxfp4_matmul import mxfp4_matmul_torch, mxfp4_matmul_transposed_torch  # noqa: E402
+from oss_grpo.kernels.mxfp4_matmul import mxfp4_matmul_torch, mxfp4_matmul_transposed_torch, packed_dequant  # noqa: E402
 from oss_grpo.kernels.routing import ExpertGroups, route, sort_by_expert  # noqa: E402
 
 N, K, TOP_K = 5760, 2880, 4
@@ -34,11 +34,12 @@ CONFIGS: dict[str, list[tuple[int, int, int, int, int]]] = {
     "scaled": [(16, 64, 128, 4, 3), (64, 64, 128, 4, 3), (128, 128, 128, 8, 3)],
     "wx": [
         (16, 64, 128, 4, 4), (16, 128, 128, 4, 4), (16, 128, 256, 4, 3), (32, 128, 128, 4, 4), (64, 128, 128, 4, 3),
-        (64, 128, 128, 8, 4), (128, 128, 128, 8, 3), (128, 128, 64, 8, 4), (256, 128, 64, 8, 3), (128, 256, 64, 8, 3),
+        (64, 128, 128, 8, 4), (128, 64, 128, 4, 3), (128, 128, 128, 8, 3), (128, 128, 64, 8, 4), (256, 64, 128, 8, 3),
+        (256, 128, 64, 8, 3), (128, 256, 64, 8, 3),
     ],
     "wxt": [
         (16, 64, 128, 4, 4), (16, 128, 128, 4, 4), (32, 64, 128, 4, 4), (64, 64, 128, 4, 3), (64, 128, 128, 8, 3),
-        (128, 64, 128, 8, 3), (128, 128, 128, 8, 3), (128, 64, 256, 8, 3), (256, 64, 128, 8, 3), (256, 64, 64, 8, 4),
+        (128, 64, 128, 4, 3), (128, 64, 128, 8, 3), (128, 128, 128, 8, 3), (128, 64, 256, 8, 3), (256, 64, 128, 8, 3), (256, 64, 64, 8, 4),
     ],
 }  # fmt: skip
 
@@ -54,18 +55,18 @@ def launcher(kind: str, cfg: tuple[int, int, int, int, int], x, dy, w, scales, g
     tiles = tile_expert.numel()
     strides = (w.stride(0), w.stride(1), scales.stride(0), scales.stride(1))
     opts = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages)
+    decode = dict(DOT_DTYPE=jit.tl.bfloat16, PACKED=packed_dequant(x))  # as mxfp4_matmul launches the wx kernels
     if kind == "wxt":
         out = torch.empty(dy.shape[0], K, dtype=dy.dtype, device=dy.device)
         grid = (triton.cdiv(K, bk), tiles)
         args = (dy, out, w, scales, groups.offsets, tile_expert, tile_row, N, K // 2, dy.stride(0), out.stride(0))
         kernel = jit._mxfp4_wx_transposed_kernel
-        return lambda: (kernel[grid](*args, *strides, DOT_DTYPE=jit.tl.bfloat16, **opts), out)[1]
+        return lambda: (kernel[grid](*args, *strides, **decode, **opts), out)[1]
     out = torch.empty(x.shape[0], N, dtype=x.dtype, device=x.device)
     grid = (triton.cdiv(N, bn), tiles)
     if kind == "wx":
         args = (x, out, w, scales, x, groups.offsets, tile_expert, tile_row, N, K // 2, x.stride(0), out.stride(0))
-        return lambda: (jit._mxfp4_wx_kernel[grid](*args, *strides, 0, HAS_BIAS=False, DOT_DTYPE=jit.tl.bfloat16,
-                                                   **opts), out)[1]
+        return lambda: (jit._mxfp4_wx_kernel[grid](*args, *strides, 0, HAS_BIAS=False, **decode, **opts), out)[1]
     args = (x, out, w, scales, x, groups.offsets, tile_expert, tile_row, N, K, x.stride(0), out.stride(0))
     return lambda: (jit._mxfp4_scaled_kernel[grid](*args, *strides, 0, HAS_BIAS=False, **opts), out)[1]
 
