@@ -14,25 +14,26 @@ row n holds code k = 2j in its low nibble and k = 2j + 1 in its high nibble; `sc
 32 codes. That is "e2m1 packed along K with scales along K", exactly what `tl.dot_scaled` takes for its rhs [K, N]
 (Hopper and older emulate it by upcasting to bf16 through shared memory; Blackwell runs it natively).
 
-The "wx" kernels dequantise in registers (_e2m1_to_bf16, exact) and put the weights on the LEFT of the dot,
-y^T = W_e x^T and dx^T = W_e^T dy^T: W's tile is the wgmma operand that may come from registers, and the routed rows
-become the dot's N dimension, which may be as small as 16, so an expert with few rows wastes little. Each byte holds
-an even and an odd code, decoded apart. The forward interleaves them back into k order in registers (tl.join +
-reshape), so one dot per step covers BLOCK_K and x is read as it is. It must not instead run two dots, the low
-nibbles against x's even columns and the high ones against its odd columns, into one accumulator: that races on the
-H100 (Triton 3.6 leaves the second dot in flight across iterations while the next step overwrites its register
-operand: NaN in the 20b trainer, rarely and nondeterministically; docs/BENCHMARKS.md, 2026-12-06), and two
-accumulators cost twice the registers. dX does run two dots, into two accumulators that are different outputs (its
-even and odd columns, stored apart): measured faster there than one interleaved dot. `tl.dot_scaled` cannot do dX at
-all: its scales must run along the reduction dim, and there they run along the output dim. The fp32 path
-(fp16-only GPUs) is the wx kernels with float32 dots.
+The "wx" kernels dequantise in registers (exact: _e2m1_to_bf16, or _e2m1_pairs_to_bf16 two codes per instruction on
+compute capability 9+) and put the weights on the LEFT of the dot, y^T = W_e x^T and dx^T = W_e^T dy^T: W's tile is the
+wgmma operand that may come from registers, and the routed rows become the dot's N dimension, which may be as small as
+16, so an expert with few rows wastes little. Each byte holds an even and an odd code, decoded apart. The forward
+interleaves them back into k order in registers (tl.join + reshape), so one dot per step covers BLOCK_K and x is read as
+it is. It must not instead run two dots, the low nibbles against x's even columns and the high ones against its odd
+columns, into one accumulator: that races on the H100 (Triton 3.6 leaves the second dot in flight across iterations
+while the next step overwrites its register operand: NaN in the 20b trainer, rarely and nondeterministically;
+docs/BENCHMARKS.md, 2026-12-06), and two accumulators cost twice the registers. dX does run two dots, into two
+accumulators that are different outputs (its even and odd columns, stored apart): measured faster there than one
+interleaved dot. `tl.dot_scaled` cannot do dX at all: its scales must run along the reduction dim, and there they run
+along the output dim. The fp32 path (fp16-only GPUs) is the wx kernels with float32 dots.
 
-Tiling. A program owns BLOCK_M rows of one expert and BLOCK_N outputs; the (tile -> expert, first row) table comes
-from routing.ExpertGroups.tiles, so one launch covers every expert and tiles past the end exit at once. The grid's
-first axis is the column tile and its second the row tile: columns vary fastest, so the programs running at once
-share a few row tiles of x, which stay in L2, and stream the weights; the other order re-reads x from HBM once per
-column tile when x outgrows L2 (16,384 rows of gpt-oss x are 94 MB). K and N need not be multiples of the blocks
-(gpt-oss K = 2880 = 22.5 x 128): loads are masked, masked codes read as 0 (+0.0).
+Tiling. A program owns BLOCK_M rows of one expert and BLOCK_N outputs; the (tile -> expert, first row) table comes from
+routing.ExpertGroups.tiles, so one launch covers every expert and tiles past the end exit at once. The grid's first axis
+is the column tile and its second the row tile: columns vary fastest, so the programs running at once share a few row
+tiles of x, which stay in L2, and stream the weights; the other order re-reads x from HBM once per column tile when x
+outgrows L2 (16,384 rows of gpt-oss x are 94 MB; on the H100 the 120b forward there went from 0.56x to 0.89x of bf16). K
+and N need not be multiples of the blocks (gpt-oss K = 2880 = 22.5 x 128): loads are masked, masked codes read as 0
+(+0.0).
 
 Triton 3.9's interpreter (TRITON_INTERPRET=1, CPU) feeds bf16 operands to tl.dot as their raw integer bits (values
 ~1e9 off), whether made in registers or loaded, so under the interpreter every tl.dot runs in float32 (DOT_DTYPE).
