@@ -1,5 +1,6 @@
 """rl/attention.py: gpt-oss attention in query chunks computes what transformers' eager attention computes, in values
-and gradients, sinks and sliding windows included, while its largest score tensor stays at the budget."""
+and gradients, sinks and sliding windows included, while its largest score tensor stays at the budget and the keys
+and values are never copied out to every query head."""
 
 import copy
 
@@ -9,7 +10,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from transformers.models.gpt_oss.modeling_gpt_oss import eager_attention_forward
 
 from oss_grpo.rl import attention
-from oss_grpo.rl.attention import chunked_eager_attention, use_chunked_attention
+from oss_grpo.rl.attention import chunked_eager_attention, grouped_attention, use_chunked_attention
 from oss_grpo.rl.tiny_model import build_tiny_model
 
 
@@ -29,6 +30,47 @@ class LargestScores(TorchDispatchMode):
             if isinstance(t, torch.Tensor) and t.dim() == 4 and t.shape[-1] in (self.keys, self.keys + 1):
                 self.bytes = max(self.bytes, t.numel() * t.element_size())
         return out
+
+
+class Allocations(TorchDispatchMode):
+    """The shapes of the tensors the ops allocate while active (views allocate nothing)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shapes: set[tuple[int, ...]] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        out = func(*args, **(kwargs or {}))
+        if not func.is_view:
+            self.shapes |= {tuple(t.shape) for t in (out if isinstance(out, (tuple, list)) else [out])
+                            if isinstance(t, torch.Tensor)}
+        return out
+
+
+@pytest.mark.parametrize("queries", [1, 7])
+@pytest.mark.parametrize("mask_heads", [1, 4])
+def test_grouped_attention_is_eager_without_copying_keys_and_values(queries: int, mask_heads: int) -> None:
+    """One decode query or a few, a mask shared by the heads (as transformers builds it) or one per head."""
+    layer = build_tiny_model().model.layers[1].self_attn  # 4 query heads over 2 KV heads
+    layer.sinks.data.normal_(generator=torch.Generator().manual_seed(1))
+    batch, keys, dim = 3, 40, 16
+    q = torch.randn(batch, 4, queries, dim, requires_grad=True)
+    k, v = torch.randn(batch, 2, keys, dim, requires_grad=True), torch.randn(batch, 2, keys, dim, requires_grad=True)
+    mask = torch.zeros(batch, mask_heads, queries, keys).masked_fill(torch.rand(batch, mask_heads, queries, keys) < 0.3,
+                                                                     float("-inf"))  # fmt: skip
+
+    with Allocations() as eager_made:
+        expected = eager_attention_forward(layer, q, k, v, mask, 0.25)[0]
+    with Allocations() as grouped_made:
+        got = grouped_attention(layer, q, k, v, mask, 0.25)
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+    copies = (batch, 4, keys, dim)  # K or V repeated out to the 4 query heads
+    assert copies in eager_made.shapes and copies not in grouped_made.shapes
+
+    upstream = torch.randn_like(got)
+    grads = torch.autograd.grad(expected, (q, k, v, layer.sinks), upstream)
+    for name, a, b in zip("q k v sinks".split(), torch.autograd.grad(got, (q, k, v, layer.sinks), upstream), grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
 
 
 def padded_batch(lengths: list[int], width: int) -> tuple[torch.Tensor, torch.Tensor]:
