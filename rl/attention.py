@@ -1,4 +1,4 @@
-"""gpt-oss attention in query chunks: transformers' own eager attention (sinks, sliding windows, its overflow guard),
+"""gpt-oss attention in query chunks: transformers' eager attention math (sinks, sliding windows, its overflow guard),
 applied to slices of the queries so that no [batch, heads, queries, keys] score tensor outgrows a budget.
 
 Why: transformers has no SDPA path for gpt-oss (the sinks), so its attention is eager, and eager materialises the
