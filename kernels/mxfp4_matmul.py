@@ -57,9 +57,14 @@ def pick_tiles(table: tuple[tuple[float, Tiles], ...], groups: ExpertGroups) -> 
     return next(tiles for bound, tiles in table if per_expert < bound)
 
 
+def _bf16_on_gpu(x: torch.Tensor, min_major: int) -> bool:
+    """True for bf16 on a GPU of compute capability `min_major` or later."""
+    return x.dtype == torch.bfloat16 and x.is_cuda and torch.cuda.get_device_capability(x.device)[0] >= min_major
+
+
 def native_mx(x: torch.Tensor) -> bool:
     """True for bf16 on a GPU whose tensor cores multiply MXFP4 (Blackwell and later)."""
-    return x.dtype == torch.bfloat16 and x.is_cuda and torch.cuda.get_device_capability(x.device)[0] >= 10
+    return _bf16_on_gpu(x, 10)
 
 
 def forward_tiles(x: torch.Tensor, groups: ExpertGroups) -> Tiles:
@@ -77,7 +82,7 @@ def packed_dequant(x: torch.Tensor) -> bool:
     """Decode two codes per instruction (PTX bf16x2, _mxfp4_matmul._e2m1_pairs_to_bf16): bf16 on compute capability 9+
     (mul.bf16x2 needs it; the interpreter cannot run PTX). On the H100 it made dX 1.04-1.38x faster and left the
     forward as it was (docs/BENCHMARKS.md, session 10), bit for bit the same results."""
-    return x.dtype == torch.bfloat16 and x.is_cuda and torch.cuda.get_device_capability(x.device)[0] >= 9
+    return _bf16_on_gpu(x, 9)
 
 
 def dot_dtype(x: torch.Tensor) -> tl.dtype:

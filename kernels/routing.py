@@ -57,13 +57,14 @@ class ExpertGroups:
         that static size needs no sync. Cached per block_m because one MoE layer launches several kernels.
         """
         if block_m not in self._tiles:
-            if -(-self.num_rows // block_m) + self.num_experts > MAX_TILES:
+            num_tiles = -(-self.num_rows // block_m) + self.num_experts
+            if num_tiles > MAX_TILES:
                 raise ValueError(f"{self.num_rows} routed rows need more than {MAX_TILES} tiles of {block_m}: the "
                                  "kernels' grid cannot launch them; pass fewer tokens per call")  # fmt: skip
             counts = self.offsets[1:] - self.offsets[:-1]
             tiles_per_expert = (counts + block_m - 1) // block_m
             tile_end = torch.cumsum(tiles_per_expert, 0)
-            tile = torch.arange(-(-self.num_rows // block_m) + self.num_experts, device=counts.device)
+            tile = torch.arange(num_tiles, device=counts.device)
             expert = torch.searchsorted(tile_end, tile, right=True)  # E for tiles past the last one
             known = expert.clamp(max=self.num_experts - 1)
             first_row = self.offsets[known] + (tile - (tile_end - tiles_per_expert)[known]) * block_m
