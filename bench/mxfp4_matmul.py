@@ -10,7 +10,8 @@ down_proj: N=2880; K=2880) and number of routed rows M (token copies after rando
 same run, median of triton.testing.do_bench (which flushes L2 between runs, so weights come from HBM):
 
     mxfp4        ours (kernels/mxfp4_matmul.py): forward = in-register dequant, weights as the left dot operand
-                 ("wx") up to 96 rows per expert, tl.dot_scaled beyond; backward (dX = dY W) = "wx" transposed
+                 ("wx"; tl.dot_scaled instead from 64 rows per expert where the tensor cores take MXFP4), tile
+                 shape by rows per expert (printed with the table); backward (dX = dY W) = "wx" transposed
     bf16 grouped cuBLAS/CUTLASS grouped GEMM (torch._grouped_mm) on weights dequantised beforehand
     dense        one cuBLAS bf16 GEMM of the same M x N x K: the ceiling for any grouped kernel
     deq+grouped  dequantise the whole stack to bf16 (plain torch) on every call, then the grouped GEMM
