@@ -60,6 +60,7 @@ def test_fused_lm_head_equals_full_logits_in_values_and_gradients() -> None:
     import trl.trainer.utils
 
     assert TINY.vocab_size > trl.trainer.utils._CHUNKED_LOGPROB_CHUNK_SIZE  # several vocabulary tiles
+    torch.manual_seed(0)  # the same random model whichever tests ran before
     policy = bench_model.as_policy(bench_model.build_model(TINY, "ours", CPU, dtype=torch.float32), "ours", SETTINGS)
     policy.eval()
     with torch.no_grad():
@@ -82,7 +83,8 @@ def test_fused_lm_head_equals_full_logits_in_values_and_gradients() -> None:
     torch.testing.assert_close(fused, full, rtol=1e-5, atol=1e-5)
     assert all(g.abs().sum() > 0 for g in fused_grads.values())
     for name, p in params.items():
-        torch.testing.assert_close(fused_grads[name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
+        # float32 sums over 201k logits in another order: up to ~3e-6 apart on gradients of size ~1
+        torch.testing.assert_close(fused_grads[name], p.grad, rtol=1e-4, atol=1e-5, msg=name)
 
 
 def test_memory_options_shrink_weights_and_optimizer_state(monkeypatch) -> None:
