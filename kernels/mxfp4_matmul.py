@@ -33,9 +33,9 @@ class Tiles(NamedTuple):
 
 # Picked on an H100 by bench/mxfp4_tune.py (gpt-oss-20b gate_up, docs/BENCHMARKS.md), by the mean routed rows per
 # expert: every tile of an expert re-reads (and re-dequantises) that expert's weights, so few rows want short tiles
-# and many rows long ones. Each entry serves mean rows per expert below its bound. Up to 32 rows per expert, two
-# warps per program measured fastest (their dots are mma.sync, not a warpgroup's wgmma):
-# at 4 rows per expert, a batch-32 decode step, 1.29x faster forward than one warpgroup (2026-12-06, session 11).
+# and many rows long ones. Each entry serves mean rows per expert below its bound. Below 64 rows per expert (measured
+# at 0.5 to 32) two warps per program were fastest, whose dots are mma.sync instead of a warpgroup's wgmma: at 4 rows
+# per expert, a batch-32 decode step, the forward 1.29x faster than one warpgroup (2026-12-06, session 11).
 FORWARD_TILES = (
     (16, Tiles(16, 32, 128, 2, 3)),
     (64, Tiles(32, 64, 128, 2, 4)),
