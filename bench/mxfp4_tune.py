@@ -1,6 +1,6 @@
 """Sweep tile shapes of the MXFP4 expert kernels on one GPU, to pick the ones kernels/mxfp4_matmul.py uses.
 
-    python bench/mxfp4_tune.py [--rows 64,2048,4096,16384] [--kinds scaled,wx,wxt] [--experts 32]
+    python bench/mxfp4_tune.py [--rows 64,2048,4096,16384] [--kinds scaled,wx,wxs,wxt] [--experts 32]
 
 gpt-oss gate_up shape (N=5760, K=2880), random top-4 routing over the experts, random (never zero) inputs. For each
 kernel variant and routed-row count it prints the median time (triton.testing.do_bench, L2 flushed between runs),
@@ -23,13 +23,19 @@ sys.path.insert(0, str(_shim.parent))
 
 from oss_grpo.kernels import _mxfp4_matmul as jit  # noqa: E402
 from oss_grpo.kernels.mxfp4 import dequantize  # noqa: E402
-from oss_grpo.kernels.mxfp4_matmul import mxfp4_matmul_torch, mxfp4_matmul_transposed_torch, packed_dequant  # noqa: E402
+from oss_grpo.kernels.mxfp4_matmul import (  # noqa: E402
+    mxfp4_matmul_torch,
+    mxfp4_matmul_transposed_torch,
+    packed_dequant,
+    swizzle_k,
+)
 from oss_grpo.kernels.routing import ExpertGroups, route, sort_by_expert  # noqa: E402
 
 N, K, TOP_K = 5760, 2880, 4
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) per kernel: "scaled" = tl.dot_scaled forward, "wx" = forward
 # with the weights dequantised in registers as the left operand (BLOCK_N of W's rows by BLOCK_M routed rows),
-# "wxt" = dX the same way (BLOCK_N of the reduction by BLOCK_K output columns).
+# "wxs" = "wx" with the codes read in swizzled order (mxfp4_matmul.swizzle_k; the time includes copying x into that
+# order), "wxt" = dX the same way as "wx" (BLOCK_N of the reduction by BLOCK_K output columns).
 CONFIGS: dict[str, list[tuple[int, int, int, int, int]]] = {
     "scaled": [(16, 64, 128, 4, 3), (64, 64, 128, 4, 3), (128, 128, 128, 8, 3)],
     "wx": [
@@ -47,6 +53,7 @@ CONFIGS: dict[str, list[tuple[int, int, int, int, int]]] = {
         (256, 64, 64, 8, 4),
     ],
 }  # fmt: skip
+CONFIGS["wxs"] = CONFIGS["wx"]
 
 
 def median_us(fn: Callable[[], object]) -> float:
@@ -69,9 +76,13 @@ def launcher(kind: str, cfg: tuple[int, int, int, int, int], x, dy, w, scales, g
         return lambda: (kernel[grid](*args, *strides, **decode, **opts), out)[1]
     out = torch.empty(x.shape[0], N, dtype=x.dtype, device=x.device)
     grid = (triton.cdiv(N, bn), tiles)
-    if kind == "wx":
-        args = (x, out, w, scales, x, groups.offsets, tile_expert, tile_row, N, K // 2, x.stride(0), out.stride(0))
-        return lambda: (jit._mxfp4_wx_kernel[grid](*args, *strides, 0, HAS_BIAS=False, **decode, **opts), out)[1]
+    if kind in ("wx", "wxs"):
+        args = (out, w, scales, x, groups.offsets, tile_expert, tile_row, N, K // 2, x.stride(0), out.stride(0))
+        kernel = jit._mxfp4_wx_kernel
+        swizzled = kind == "wxs"
+        order = swizzle_k if swizzled else lambda x: x
+        return lambda: (kernel[grid](order(x), *args, *strides, 0, HAS_BIAS=False, SWIZZLED=swizzled, **decode, **opts),
+                        out)[1]  # fmt: skip
     args = (x, out, w, scales, x, groups.offsets, tile_expert, tile_row, N, K, x.stride(0), out.stride(0))
     return lambda: (jit._mxfp4_scaled_kernel[grid](*args, *strides, 0, HAS_BIAS=False, **opts), out)[1]
 

@@ -141,11 +141,13 @@ def _e2m1_pairs_to_bf16(codes, scale_bits):
 
 @triton.jit
 def _weight_tile(W, S, n, n_ok, b0, K_BYTES, stride_wn, stride_sn, DOT_DTYPE: tl.constexpr, BLOCK_N: tl.constexpr,
-                 BLOCK_BYTES: tl.constexpr, TRANSPOSED: tl.constexpr, PACKED: tl.constexpr):  # fmt: skip
+                 BLOCK_BYTES: tl.constexpr, TRANSPOSED: tl.constexpr, PACKED: tl.constexpr,
+                 SWIZZLED: tl.constexpr):  # fmt: skip
     """Rows n of W_e, bytes b0 .. b0 + BLOCK_BYTES, dequantised: (even k, odd k), each [BLOCK_N, BLOCK_BYTES], or
     [BLOCK_BYTES, BLOCK_N] when TRANSPOSED, loaded that way (dX: 1.3-1.5x faster than transposing in registers, which
     goes through shared memory). The scales, one byte per 16 bytes of codes, are loaded and turned into 2^(s - 127)
-    once, then broadcast."""
+    once, then broadcast. SWIZZLED (forward only): the bytes of each 16 taken in `swizzle_k` order, tile column 4a + b
+    holding byte 4b + a, a reshape that lets each thread load its 4 bytes at once."""
     byte = b0 + tl.arange(0, BLOCK_BYTES)
     group = b0 // 16 + tl.arange(0, BLOCK_BYTES // 16)
     if TRANSPOSED:  # k down the tile, n across
@@ -153,6 +155,9 @@ def _weight_tile(W, S, n, n_ok, b0, K_BYTES, stride_wn, stride_sn, DOT_DTYPE: tl
     else:
         n, n_ok, byte, group = n[:, None], n_ok[:, None], byte[None, :], group[None, :]
     codes = tl.load(W + n * stride_wn + byte, mask=n_ok & (byte < K_BYTES), other=0)
+    if SWIZZLED:
+        codes = tl.reshape(codes, (BLOCK_N, BLOCK_BYTES // 16, 4, 4))
+        codes = tl.reshape(tl.permute(codes, (0, 1, 3, 2)), (BLOCK_N, BLOCK_BYTES))
     s = tl.load(S + n * stride_sn + group, mask=n_ok & (group < K_BYTES // 16), other=127).to(tl.int32)
     if PACKED:
         s = (s << 7).to(tl.int16)  # the bfloat16 bits of 2^(s - 127)
@@ -173,11 +178,12 @@ def _mxfp4_wx_kernel(
     X, Y, W, S, Bias, Offsets, TileExpert, TileRow,
     N, K_BYTES,
     stride_xm, stride_ym, stride_we, stride_wn, stride_se, stride_sn, stride_be,
-    HAS_BIAS: tl.constexpr, DOT_DTYPE: tl.constexpr, PACKED: tl.constexpr,
+    HAS_BIAS: tl.constexpr, DOT_DTYPE: tl.constexpr, PACKED: tl.constexpr, SWIZZLED: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     """y^T = W_e x^T: the dequantised weights are the left operand, straight from registers into the tensor cores,
-    and a tile can hold as few as 16 rows."""
+    and a tile can hold as few as 16 rows. SWIZZLED: x's columns come in `swizzle_k` order, and W's codes are read in
+    the same order."""
     expert, rows, row_ok = _tile(TileExpert, TileRow, Offsets, BLOCK_M)
     if expert < 0:
         return
@@ -188,7 +194,8 @@ def _mxfp4_wx_kernel(
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     for b0 in range(0, K_BYTES, BLOCK_K // 2):
         w_even, w_odd = _weight_tile(W, S, n, n_ok, b0, K_BYTES, stride_wn, stride_sn,
-                                     DOT_DTYPE, BLOCK_N, BLOCK_K // 2, TRANSPOSED=False, PACKED=PACKED)  # fmt: skip
+                                     DOT_DTYPE, BLOCK_N, BLOCK_K // 2, TRANSPOSED=False, PACKED=PACKED,
+                                     SWIZZLED=SWIZZLED)  # fmt: skip
         w = tl.reshape(tl.join(w_even, w_odd), (BLOCK_N, BLOCK_K))  # k order: byte j's low nibble, then its high
         ks = 2 * b0 + tl.arange(0, BLOCK_K)
         x = tl.load(X + rows[:, None] * stride_xm + ks[None, :], mask=row_ok[:, None] & (ks[None, :] < 2 * K_BYTES),
@@ -221,7 +228,8 @@ def _mxfp4_wx_transposed_kernel(
         n = n0 + tl.arange(0, BLOCK_N)
         n_ok = n < N
         w_even, w_odd = _weight_tile(W, S, n, n_ok, b0, K_BYTES, stride_wn, stride_sn,
-                                     DOT_DTYPE, BLOCK_N, BLOCK_K // 2, TRANSPOSED=True, PACKED=PACKED)  # fmt: skip
+                                     DOT_DTYPE, BLOCK_N, BLOCK_K // 2, TRANSPOSED=True, PACKED=PACKED,
+                                     SWIZZLED=False)  # fmt: skip
         dy = tl.load(DY + rows[:, None] * stride_dym + n[None, :], mask=row_ok[:, None] & n_ok[None, :], other=0.0)
         dy_t = tl.trans(dy.to(DOT_DTYPE))  # [BLOCK_N, BLOCK_M]
         acc_even = tl.dot(w_even, dy_t, acc_even, input_precision="ieee")

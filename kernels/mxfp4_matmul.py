@@ -29,17 +29,21 @@ class Tiles(NamedTuple):
     num_stages: int
     scaled: bool = False
     """Forward by tl.dot_scaled (bf16 x only, `native_mx`) instead of the in-register dequantising "wx" kernel."""
+    swizzled: bool = False
+    """The wx forward reads the codes in `swizzle_k` order (x copied into that order first)."""
 
 
 # Picked on an H100 by bench/mxfp4_tune.py (gpt-oss-20b gate_up, docs/BENCHMARKS.md), by the mean routed rows per
 # expert: every tile of an expert re-reads (and re-dequantises) that expert's weights, so few rows want short tiles
-# and many rows long ones. Each entry serves mean rows per expert below its bound. Below 64 rows per expert (measured
-# at 0.5 to 32) two warps per program were fastest, whose dots are mma.sync instead of a warpgroup's wgmma: at 4 rows
-# per expert, a batch-32 decode step, the forward 1.29x faster than one warpgroup (2026-12-06, session 11).
+# and many rows long ones. Each entry serves mean rows per expert below its bound. Below 16 rows per expert (measured
+# at 0.5 to 8) two warps per program were fastest, whose dots are mma.sync instead of a warpgroup's wgmma: at 4 rows
+# per expert, a batch-32 decode step, the forward 1.29x faster than one warpgroup (2026-12-06, session 11). From 16
+# rows per expert, eight warps reading the codes in swizzled order (`swizzle_k`): 1.07-1.19x faster than the best
+# unswizzled tile at 32 to 512 rows per expert (session 12); swizzled two-warp tiles lose (one-byte loads come back).
 FORWARD_TILES = (
     (16, Tiles(16, 32, 128, 2, 3)),
-    (64, Tiles(32, 64, 128, 2, 4)),
-    (float("inf"), Tiles(128, 64, 128, 4, 3)),
+    (64, Tiles(64, 128, 128, 8, 4, swizzled=True)),
+    (float("inf"), Tiles(128, 128, 64, 8, 4, swizzled=True)),
 )
 TRANSPOSED_TILES = (
     (16, Tiles(16, 64, 128, 2, 4)),
@@ -91,6 +95,21 @@ def dot_dtype(x: torch.Tensor) -> tl.dtype:
     return tl.bfloat16 if x.dtype == torch.bfloat16 and not jit.INTERPRETED else tl.float32
 
 
+def swizzle_k(x: torch.Tensor) -> torch.Tensor:
+    """x's columns in the order a swizzled wx kernel reads W's codes: within each 32, the 8 column pairs as a 4 x 4
+    matrix, transposed (pair 4a + b <- pair 4b + a; its own inverse).
+
+    Why: in the dot's register layout a thread holds columns 2q, 2q + 1, 2q + 8 and 2q + 9 of every 16, so of each
+    16-byte group of codes bytes q, q + 4, q + 8 and q + 12, which the compiled kernel loads one byte at a time. Read in
+    this order (a reshape in the kernel that costs nothing) its 4 bytes are adjacent, one load; a sum over k does not
+    care about the order as long as x follows it, and copying x costs far less than re-laying out the weights. On
+    sm_90, compiled on the CPU, one-warpgroup tiles lose their 32 one-byte loads a step and 34-71 of their registers;
+    two-warp tiles gain one-byte loads instead, so the tile table says which tiles take it.
+    """
+    m, k = x.shape
+    return x.reshape(m, k // 32, 4, 4, 2).transpose(2, 3).reshape(m, k)
+
+
 def _check(x: torch.Tensor, blocks: torch.Tensor, scales: torch.Tensor, groups: ExpertGroups, k: int) -> None:
     if blocks.dtype != torch.uint8 or scales.dtype != torch.uint8 or blocks.shape[:-1] != scales.shape:
         raise ValueError(f"not an MXFP4 pair: blocks {blocks.dtype} {tuple(blocks.shape)}, scales {scales.dtype}")
@@ -125,13 +144,13 @@ def mxfp4_matmul(
     strides = (w.stride(0), w.stride(1), scales.stride(0), scales.stride(1), 0 if bias is None else bias.stride(0))
     launch = dict(BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, BLOCK_K=tiles.block_k,
                   num_warps=tiles.num_warps, num_stages=tiles.num_stages, HAS_BIAS=bias is not None)
-    x = x.contiguous()
+    x = swizzle_k(x) if tiles.swizzled else x.contiguous()
     if tiles.scaled:
         jit._mxfp4_scaled_kernel[grid](x, y, w, scales, *tables, n, k, x.stride(0), y.stride(0), *strides, **launch)
         return y
     jit._mxfp4_wx_kernel[grid](
         x, y, w, scales, *tables, n, k // 2, x.stride(0), y.stride(0), *strides,
-        DOT_DTYPE=dot_dtype(x), PACKED=packed_dequant(x), **launch,
+        DOT_DTYPE=dot_dtype(x), PACKED=packed_dequant(x), SWIZZLED=tiles.swizzled, **launch,
     )  # fmt: skip
     return y
 

@@ -18,6 +18,7 @@ from oss_grpo.kernels.expert_matmul import ExpertLora, expert_linear, expert_lin
 from oss_grpo.kernels.grouped_matmul import grouped_matmul, grouped_matmul_torch, grouped_outer, grouped_outer_torch
 from oss_grpo.kernels.mxfp4 import E2M1_VALUES, dequantize, pack_codes, quantize, unpack_codes
 from oss_grpo.kernels.mxfp4_matmul import (
+    Tiles,
     mxfp4_matmul,
     mxfp4_matmul_torch,
     mxfp4_matmul_transposed,
@@ -254,6 +255,27 @@ def test_mxfp4_matmul_transposed_matches_reference(counts: list[int], n: int, k:
     dx = mxfp4_matmul_transposed(dy, blocks, scales, groups)
     assert dx.dtype == dtype and dx.shape == (sum(counts), k)
     assert_close_to(dx, mxfp4_matmul_transposed_torch(dy.double(), blocks, scales, groups), dtype)
+
+
+@pytest.mark.parametrize("tiles", [Tiles(64, 64, 128, 4, 3, swizzled=True), Tiles(16, 32, 64, 2, 3, swizzled=True)])
+@pytest.mark.parametrize("counts,n,k", [SHAPES[0], SHAPES[2]])
+def test_swizzled_forward_gives_the_same_product(monkeypatch, tiles: Tiles, counts, n: int, k: int) -> None:
+    """The forward reading the codes in swizzled order (mxfp4_matmul.swizzle_k), forced for every size, matches the
+    reference: one warpgroup and two warps, K = 2880, an empty expert."""
+    monkeypatch.setattr(mxfp4_matmul_module, "FORWARD_TILES", ((float("inf"), tiles),))
+    x, blocks, scales, groups, bias = inputs(counts, n, k, torch.bfloat16, seed=6)
+    assert mxfp4_matmul_module.forward_tiles(x, groups).swizzled
+    y = mxfp4_matmul(x, blocks, scales, groups, bias.bfloat16())
+    assert_close_to(y, mxfp4_matmul_torch(x.double(), blocks, scales, groups, bias.bfloat16().double()), torch.bfloat16)
+
+
+def test_swizzle_k_is_its_own_inverse_and_moves_pairs() -> None:
+    """Column pair 4a + b of each 32 comes from pair 4b + a: the order the swizzled kernels assume."""
+    x = torch.arange(2 * 64).reshape(2, 64)
+    swizzled = mxfp4_matmul_module.swizzle_k(x)
+    assert torch.equal(mxfp4_matmul_module.swizzle_k(swizzled), x)
+    assert swizzled[0, 2 * 1 : 2 * 1 + 2].tolist() == [8, 9]  # pair 1 (a 0, b 1) <- pair 4
+    assert swizzled[1, 32 + 2 * 6 : 32 + 2 * 6 + 2].tolist() == [64 + 32 + 2 * 9, 64 + 32 + 2 * 9 + 1]  # 6 <- 9
 
 
 # gpt-oss-20b's gate_up on a GPU (N 5760, K 2880, 32 experts: each routing repeated 8 times), a narrow stand-in with
