@@ -19,13 +19,14 @@ compute capability 9+) and put the weights on the LEFT of the dot, y^T = W_e x^T
 wgmma operand that may come from registers, and the routed rows become the dot's N dimension, which may be as small as
 16, so an expert with few rows wastes little. Each byte holds an even and an odd code, decoded apart. The forward
 interleaves them back into k order in registers (tl.join + reshape), so one dot per step covers BLOCK_K and x is read as
-it is. It must not instead run two dots, the low nibbles against x's even columns and the high ones against its odd
-columns, into one accumulator: that races on the H100 (Triton 3.6 leaves the second dot in flight across iterations
-while the next step overwrites its register operand: NaN in the 20b trainer, rarely and nondeterministically;
-docs/BENCHMARKS.md, 2026-12-06), and two accumulators cost twice the registers. dX does run two dots, into two
-accumulators that are different outputs (its even and odd columns, stored apart): measured faster there than one
-interleaved dot. `tl.dot_scaled` cannot do dX at all: its scales must run along the reduction dim, and there they run
-along the output dim. The fp32 path (fp16-only GPUs) is the wx kernels with float32 dots.
+it is (SWIZZLED: W's bytes of each 16 in another order, x copied into the same by mxfp4_matmul.swizzle_k). It must not
+instead run two dots, the low nibbles against x's even columns and the high ones against its odd columns, into one
+accumulator: that races on the H100 (Triton 3.6 leaves the second dot in flight across iterations while the next step
+overwrites its register operand: NaN in the 20b trainer, rarely and nondeterministically; docs/BENCHMARKS.md,
+2026-12-06), and two accumulators cost twice the registers. dX does run two dots, into two accumulators that are
+different outputs (its even and odd columns, stored apart): measured faster there than one interleaved dot.
+`tl.dot_scaled` cannot do dX at all: its scales must run along the reduction dim, and there they run along the output
+dim. The fp32 path (fp16-only GPUs) is the wx kernels with float32 dots.
 
 Tiling. A program owns BLOCK_M rows of one expert and BLOCK_N outputs; the (tile -> expert, first row) table comes from
 routing.ExpertGroups.tiles, so one launch covers every expert and tiles past the end exit at once. The grid's first axis

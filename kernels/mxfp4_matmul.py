@@ -103,7 +103,7 @@ def swizzle_k(x: torch.Tensor) -> torch.Tensor:
     16-byte group of codes bytes q, q + 4, q + 8 and q + 12, which the compiled kernel loads one byte at a time. Read in
     this order (a reshape in the kernel that costs nothing) its 4 bytes are adjacent, one load; a sum over k does not
     care about the order as long as x follows it, and copying x costs far less than re-laying out the weights. On
-    sm_90, compiled on the CPU, one-warpgroup tiles lose their 32 one-byte loads a step and 34-71 of their registers;
+    sm_90, compiled on the CPU, one-warpgroup tiles lose 16-64 one-byte loads a step and 30-71 of their registers;
     two-warp tiles gain one-byte loads instead, so the tile table says which tiles take it.
     """
     m, k = x.shape
