@@ -37,11 +37,14 @@ class Tiles(NamedTuple):
 # expert: every tile of an expert re-reads (and re-dequantises) that expert's weights, so few rows want short tiles
 # and many rows long ones. Each entry serves mean rows per expert below its bound. Below 16 rows per expert (measured
 # at 0.5 to 8) two warps per program were fastest, whose dots are mma.sync instead of a warpgroup's wgmma: at 4 rows
-# per expert, a batch-32 decode step, the forward 1.29x faster than one warpgroup (2026-12-06, session 11). From 16
+# per expert, a batch-32 decode step, the forward 1.29x faster than one warpgroup (2026-12-06, session 11). From 24
 # rows per expert, eight warps reading the codes in swizzled order (`swizzle_k`): 1.07-1.19x faster than the best
 # unswizzled tile at 32 to 512 rows per expert (session 12); swizzled two-warp tiles lose (one-byte loads come back).
+# At 16 rows per expert two warps still won (236 against 268 us) and at 32 lost (327 against 276): the bound between
+# them, 24, is the midpoint, not measured.
 FORWARD_TILES = (
     (16, Tiles(16, 32, 128, 2, 3)),
+    (24, Tiles(32, 64, 128, 2, 4)),
     (64, Tiles(64, 128, 128, 8, 4, swizzled=True)),
     (float("inf"), Tiles(128, 128, 64, 8, 4, swizzled=True)),
 )
