@@ -260,7 +260,7 @@ def _grouped_matmul_kernel(
         x = tl.load(X + rows[:, None] * stride_xm + ks[None, :], mask=row_ok[:, None] & (ks[None, :] < K), other=0.0)
         v_ptr = V + expert * stride_ve + ks[:, None] * stride_vk + cols[None, :] * stride_vn
         v = tl.load(v_ptr, mask=(ks[:, None] < K) & col_ok[None, :], other=0.0)
-        acc = tl.dot(x.to(DOT_DTYPE), v.to(DOT_DTYPE), acc, input_precision="ieee")
+        acc = tl.dot(x.to(DOT_DTYPE), v.to(X.dtype.element_ty).to(DOT_DTYPE), acc, input_precision="ieee")
     y_ok = row_ok[:, None] & col_ok[None, :]
     tl.store(Y + rows[:, None] * stride_ym + cols[None, :], acc.to(Y.dtype.element_ty), mask=y_ok)
 
