@@ -17,17 +17,24 @@ from oss_grpo.kernels.mxfp4_matmul import dot_dtype, runs_triton
 from oss_grpo.kernels.routing import ExpertGroups
 
 # Tiles measured on an H100 (docs/BENCHMARKS.md, session 13) for LoRA r16 on the gpt-oss-20b experts, at 128 to
-# 16,384 routed rows. grouped_matmul's products there reduce a long K to r outputs (x A^T, dy B): 32 rows, K by 128,
-# 4 stages ran 1.1-2.4x faster than the 64 x 64 x 64 tiles before. grouped_outer sums over rows into [r, K] or
-# [N, r]: the narrow side one 16-wide tile, the wide side 128 (1.04-1.45x faster than 64 x 64).
-MATMUL_TILE = dict(BLOCK_M=32, BLOCK_K=128, num_warps=4, num_stages=4)
+# 16,384 routed rows, against the 64 x 64 x 64 tiles before. grouped_matmul's products reduce either a long K to r
+# outputs (x A^T, dy B: 32 rows, K by 128, 4 stages, 1.1-2.4x faster) or the rank r to N outputs ((x A^T) B^T: K one
+# 16-wide tile, 1.8-1.9x faster). grouped_outer sums over rows into [r, K] or [N, r]: the narrow side one 16-wide
+# tile, the wide side 128 (1.04-1.45x faster).
 OUTER_BLOCK_M = 64
 
 
 def _side(size: int, widest: int) -> int:
-    """A tile side for an output side of `size`: a LoRA rank (8..64) takes one tile with the least padding (16 is
-    tl.dot's minimum), wider sides take `widest`."""
+    """A tile side for a side of `size`: a LoRA rank (8..64) takes one tile with the least padding (16 is tl.dot's
+    minimum), wider sides take `widest`."""
     return min(widest, max(16, triton.next_power_of_2(size)))
+
+
+def _matmul_tile(n: int, k: int) -> dict:
+    """grouped_matmul's launch for an [M, k] x [k, n] product per expert."""
+    if k <= 64:  # the reduction is a LoRA rank: one K step
+        return dict(BLOCK_M=64, BLOCK_N=_side(n, 64), BLOCK_K=_side(k, 64), num_warps=4, num_stages=3)
+    return dict(BLOCK_M=32, BLOCK_N=_side(n, 64), BLOCK_K=128, num_warps=4, num_stages=4)
 
 
 def grouped_matmul(x: torch.Tensor, v: torch.Tensor, groups: ExpertGroups) -> torch.Tensor:
@@ -40,13 +47,14 @@ def grouped_matmul(x: torch.Tensor, v: torch.Tensor, groups: ExpertGroups) -> to
     x = x.contiguous()
     n, k = v.shape[2], v.shape[1]
     y = torch.empty(x.shape[0], n, dtype=x.dtype, device=x.device)
-    tile_expert, tile_row = groups.tiles(MATMUL_TILE["BLOCK_M"])
-    grid = (triton.cdiv(n, _side(n, 64)), tile_expert.numel())
+    tile = _matmul_tile(n, k)
+    tile_expert, tile_row = groups.tiles(tile["BLOCK_M"])
+    grid = (triton.cdiv(n, tile["BLOCK_N"]), tile_expert.numel())
     jit._grouped_matmul_kernel[grid](
         x, y, v, groups.offsets, tile_expert, tile_row,
         n, k,
         x.stride(0), y.stride(0), v.stride(0), v.stride(1), v.stride(2),
-        DOT_DTYPE=dot_dtype(x), BLOCK_N=_side(n, 64), **MATMUL_TILE,
+        DOT_DTYPE=dot_dtype(x), **tile,
     )  # fmt: skip
     return y
 
