@@ -309,14 +309,16 @@ def test_full_width_products_are_finite_and_repeatable(routing: str) -> None:
     assert_close_to(runs[0][1], mxfp4_matmul_transposed_torch(dy.double(), blocks, scales, groups), torch.bfloat16)
 
 
+@pytest.mark.parametrize("k", [40, 300])  # one reduction step, and several (ragged) in the long-K tile
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_grouped_matmul_and_outer_match_reference(dtype: torch.dtype) -> None:
+def test_grouped_matmul_and_outer_match_reference(dtype: torch.dtype, k: int) -> None:
     counts = [5, 0, 70]
     groups = ExpertGroups.from_counts(torch.tensor(counts, device=DEVICE), sum(counts))
     g = torch.Generator().manual_seed(6)
-    x = torch.randn(sum(counts), 40, generator=g).to(dtype).to(DEVICE)
-    v = torch.randn(3, 8, 40, generator=g).to(dtype).to(DEVICE).transpose(1, 2)  # a strided view, as LoRA passes A^T
-    assert_close_to(grouped_matmul(x, v, groups), grouped_matmul_torch(x.double(), v.double(), groups), dtype)
+    x = torch.randn(sum(counts), k, generator=g).to(dtype).to(DEVICE)
+    v = torch.randn(3, 8, k, generator=g).to(DEVICE).transpose(1, 2)  # float32 and strided, as LoRA passes A^T
+    ref = grouped_matmul_torch(x.double(), v.to(dtype).double(), groups)  # the kernel rounds v to x's dtype
+    assert_close_to(grouped_matmul(x, v, groups), ref, dtype)
     b = torch.randn(sum(counts), 8, generator=g).to(dtype).to(DEVICE)
     outer = grouped_outer(x, b, groups)
     assert outer.dtype == torch.float32 and (outer[1] == 0).all()
