@@ -21,7 +21,8 @@ measured here) and our error against the float32 reference on random, non-zero i
 within 1.11x of bf16 grouped at M >= 4096 and 2x faster at <= 64 rows per expert. Last, the peak memory of a
 forward+backward through one gpt-oss-20b MoE layer, to show no bf16 copy of the experts is made, and the fused
 swiglu (kernels/swiglu.py) against its torch reference on [M, 5760] bf16: time forward and forward+backward, the
-no-grad forward's extra peak memory, next to its floor (read 2I, write I values).
+no-grad forward's extra peak memory, next to its floor (read 2I, write I values); and what LoRA r16 on the experts
+adds to a projection's forward and forward+backward (`expert_linear` with and without it).
 """
 
 import argparse
@@ -38,7 +39,7 @@ _shim = Path(tempfile.mkdtemp()) / "oss_grpo"
 _shim.symlink_to(Path(__file__).resolve().parents[1])
 sys.path.insert(0, str(_shim.parent))
 
-from oss_grpo.kernels.expert_matmul import ExpertLora
+from oss_grpo.kernels.expert_matmul import ExpertLora, expert_linear
 from oss_grpo.kernels.mxfp4 import dequantize
 from oss_grpo.kernels.mxfp4_matmul import (
     FORWARD_TILES,
@@ -174,6 +175,35 @@ def peak_memory_of_one_layer(tokens: int, rank: int) -> str:
     )
 
 
+def lora_table(model: str, rows: list[int], rank: int) -> str:
+    """What LoRA on the experts costs a projection: `expert_linear` with and without float32 factors of `rank` (as
+    training keeps them), forward and forward+backward (dX and the factors' gradients), us, same run."""
+    experts = EXPERTS[model]
+    lines = [f"| {model} proj | rows M | plain fwd | LoRA fwd | LoRA adds | plain fwd+bwd | LoRA fwd+bwd | LoRA adds |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for proj, (n, k) in PROJECTIONS.items():
+        blocks, scales = random_mxfp4(experts, n, k)
+        bias = torch.randn(experts, n, device="cuda", dtype=torch.bfloat16)
+        a = (torch.randn(experts, rank, k, device="cuda") / k**0.5).requires_grad_()
+        b = (torch.randn(experts, n, rank, device="cuda") * 0.01).requires_grad_()
+        for m in rows:
+            groups = random_groups(m, experts)
+            x = torch.randn(groups.num_rows, k, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+            dy = torch.randn(groups.num_rows, n, device="cuda", dtype=torch.bfloat16)
+            times = []
+            for lora, wrt in ((None, [x]), (ExpertLora(a, b, scaling=2.0), [x, a, b])):
+                def run() -> torch.Tensor:
+                    return expert_linear(x, blocks, scales, groups, bias, lora)
+
+                with torch.no_grad():
+                    times.append(median_us(run))
+                times.append(median_us(lambda: torch.autograd.grad(run(), wrt, dy)))
+            plain, plain_both, low_rank, low_rank_both = times
+            lines.append(f"| {proj} | {groups.num_rows} | {plain:.1f} | {low_rank:.1f} | {low_rank / plain - 1:+.0%} |"
+                         f" {plain_both:.1f} | {low_rank_both:.1f} | {low_rank_both / plain_both - 1:+.0%} |")
+    return "\n".join(lines)
+
+
 def swiglu_table(rows: list[int], bandwidth: float) -> str:
     """Fused swiglu against `swiglu_torch` on `[M, 2I]` bf16 gate_up: us forward, us forward+backward, extra peak
     MiB of a no-grad forward (what generation pays), and the forward's HBM floor."""
@@ -221,27 +251,40 @@ def markdown(results: list[dict], bandwidth: float) -> str:
     return "\n".join(lines)
 
 
+TABLES = ("gemm", "memory", "swiglu", "lora")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="20b,120b", help="comma list of " + ", ".join(EXPERTS))
     parser.add_argument("--rows", default="16,64,256,1024,2048,4096,16384", help="routed rows M (tokens x top-4)")
     parser.add_argument("--memory-tokens", type=int, default=2048, help="tokens for the peak-memory check")
+    parser.add_argument("--lora-rows", default="128,1024,4096,16384", help="routed rows for the LoRA r16 table")
+    parser.add_argument("--tables", default=",".join(TABLES), help="comma list of " + ", ".join(TABLES))
     args = parser.parse_args()
+    tables, models = args.tables.split(","), args.models.split(",")
+    if unknown := set(tables) - set(TABLES):
+        parser.error(f"--tables: unknown {sorted(unknown)}; choose from {', '.join(TABLES)}")
     if not torch.cuda.is_available():
         raise SystemExit("bench/mxfp4_matmul.py needs a CUDA GPU")
     torch.manual_seed(0)
     bandwidth = copy_bandwidth()
-    results = []
-    for model in args.models.split(","):
-        for proj in PROJECTIONS:
-            for rows in map(int, args.rows.split(",")):
-                results.extend(bench_shape(model, proj, rows, bandwidth))
-                print(f"done {model} {proj} M={rows}", file=sys.stderr, flush=True)
-    print(markdown(results, bandwidth))
-    print()
-    print(peak_memory_of_one_layer(args.memory_tokens, rank=16))
-    print()
-    print(swiglu_table([r for r in map(int, args.rows.split(",")) if r >= 1024], bandwidth))
+    rows = [int(r) for r in args.rows.split(",")]
+    if "gemm" in tables:
+        results = []
+        for model in models:
+            for proj in PROJECTIONS:
+                for m in rows:
+                    results.extend(bench_shape(model, proj, m, bandwidth))
+                    print(f"done {model} {proj} M={m}", file=sys.stderr, flush=True)
+        print(markdown(results, bandwidth), end="\n\n")
+    if "memory" in tables:
+        print(peak_memory_of_one_layer(args.memory_tokens, rank=16), end="\n\n")
+    if "swiglu" in tables:
+        print(swiglu_table([m for m in rows if m >= 1024], bandwidth), end="\n\n")
+    if "lora" in tables:
+        for model in models:
+            print(lora_table(model, [int(r) for r in args.lora_rows.split(",")], rank=16), end="\n\n")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ none). Each expert e has a weight W_e [N, K] (out, in) in MXFP4, w[n, k] = E2M1[
     _mxfp4_wx_kernel             y[r, n]  = sum_k  x[r, k] W_e[n, k] (+ bias[e, n])    forward, reduce over K
     _mxfp4_scaled_kernel         the same by tl.dot_scaled (bf16 x, many rows per expert; native on Blackwell)
     _mxfp4_wx_transposed_kernel  dx[r, k] = sum_n dy[r, n] W_e[n, k]                   grad wrt x, reduce over N
-    _grouped_matmul_kernel       y[r, n]  = sum_k  x[r, k] V_e[k, n]     V dense, any strides (LoRA A and B)
+    _grouped_matmul_kernel       y[r, n] (+)= s sum_k x[r, k] V_e[k, n]  V dense, any strides (LoRA A and B)
     _grouped_outer_kernel        G[e, p, q] = sum_{r in e} a[r, p] b[r, q]              grads of LoRA A and B
 
 Memory layout (gpt-oss checkpoints, see mxfp4.py). `blocks [E, N, K/32, 16]` is read as bytes [E, N, K/2]: byte j of
@@ -246,9 +246,11 @@ def _mxfp4_wx_transposed_kernel(
 def _grouped_matmul_kernel(
     X, Y, V, Offsets, TileExpert, TileRow,
     N, K,
-    stride_xm, stride_ym, stride_ve, stride_vk, stride_vn,
-    DOT_DTYPE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    stride_xm, stride_ym, stride_ve, stride_vk, stride_vn, scale,
+    ACCUMULATE: tl.constexpr, DOT_DTYPE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):  # fmt: skip
+    """y = scale * x V_e, or y += scale * x V_e (ACCUMULATE: y read back in the epilogue)."""
     expert, rows, row_ok = _tile(TileExpert, TileRow, Offsets, BLOCK_M)
     if expert < 0:
         return
@@ -262,7 +264,11 @@ def _grouped_matmul_kernel(
         v = tl.load(v_ptr, mask=(ks[:, None] < K) & col_ok[None, :], other=0.0)
         acc = tl.dot(x.to(DOT_DTYPE), v.to(X.dtype.element_ty).to(DOT_DTYPE), acc, input_precision="ieee")
     y_ok = row_ok[:, None] & col_ok[None, :]
-    tl.store(Y + rows[:, None] * stride_ym + cols[None, :], acc.to(Y.dtype.element_ty), mask=y_ok)
+    y_ptr = Y + rows[:, None] * stride_ym + cols[None, :]
+    acc *= scale
+    if ACCUMULATE:
+        acc += tl.load(y_ptr, mask=y_ok, other=0.0).to(tl.float32)
+    tl.store(y_ptr, acc.to(Y.dtype.element_ty), mask=y_ok)
 
 
 @triton.jit

@@ -3,7 +3,8 @@
 W_e is frozen MXFP4 (no gradient, never materialised); the bias b and the LoRA factors A [E, r, K], B [E, N, r]
 (PEFT's per-expert orientation, A kaiming and B zero at init) are trainable. Backward:
 
-    dx  = dy W_e  (+ s (dy B_e) A_e)     mxfp4_matmul_transposed: in-kernel dequant, tl.dot_scaled cannot do it
+    dx  = dy W_e  (+ s (dy B_e) A_e)     mxfp4_matmul_transposed: in-kernel dequant, tl.dot_scaled cannot do it;
+                                         the LoRA term added into dx in place (grouped_matmul's `out`)
     db  = sum of dy over the expert's rows
     dA  = (s dy B_e)^T x,   dB = s dy^T (x A_e^T)         grouped_outer over each expert's rows
 
@@ -39,7 +40,7 @@ class _ExpertLinear(torch.autograd.Function):
         xa = None
         if lora_a is not None:
             xa = grouped_matmul(x, lora_a.transpose(1, 2), groups)  # (M, r)
-            y = y + scaling * grouped_matmul(xa, lora_b.transpose(1, 2), groups)  # (M, N)
+            grouped_matmul(xa, lora_b.transpose(1, 2), groups, scaling, out=y)  # y += s xa B^T, in place
         ctx.save_for_backward(x, blocks, scales, bias, xa, lora_a, lora_b)
         ctx.groups, ctx.scaling = groups, scaling
         return y
@@ -55,13 +56,12 @@ class _ExpertLinear(torch.autograd.Function):
             row_expert = torch.repeat_interleave(groups.offsets.diff(), output_size=groups.num_rows)
             dbias = torch.zeros(bias.shape, dtype=torch.float32, device=dy.device)
             dbias = dbias.index_add_(0, row_expert, dy.float()).to(bias.dtype)
-        if lora_a is not None:
-            dy_scaled = dy * ctx.scaling
-            dxa = grouped_matmul(dy_scaled, lora_b, groups)  # (M, r)
+        if lora_a is not None:  # s is applied to results of rank r, never to a pass over dy
+            dxa = grouped_matmul(dy, lora_b, groups, ctx.scaling)  # (M, r) = s dy B
             if dx is not None:
-                dx = dx + grouped_matmul(dxa, lora_a, groups)
+                grouped_matmul(dxa, lora_a, groups, out=dx)  # dx += (s dy B) A, in place
             d_a = grouped_outer(dxa, x, groups).to(lora_a.dtype)  # (E, r, K)
-            d_b = grouped_outer(dy_scaled, xa, groups).to(lora_b.dtype)  # (E, N, r)
+            d_b = (grouped_outer(dy, xa, groups) * ctx.scaling).to(lora_b.dtype)  # (E, N, r)
         return dx, None, None, None, dbias, d_a, d_b, None
 
 

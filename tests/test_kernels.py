@@ -318,7 +318,15 @@ def test_grouped_matmul_and_outer_match_reference(dtype: torch.dtype, k: int) ->
     x = torch.randn(sum(counts), k, generator=g).to(dtype).to(DEVICE)
     v = torch.randn(3, 8, k, generator=g).to(DEVICE).transpose(1, 2)  # float32 and strided, as LoRA passes A^T
     ref = grouped_matmul_torch(x.double(), v.to(dtype).double(), groups)  # the kernel rounds v to x's dtype
-    assert_close_to(grouped_matmul(x, v, groups), ref, dtype)
+    y = grouped_matmul(x, v, groups)
+    assert_close_to(y, ref, dtype)
+    assert torch.equal(grouped_matmul(x, v, groups, -0.5), -0.5 * y)  # a power of 2 scales exactly, rounding included
+    out = torch.randn(sum(counts), 8, generator=g).to(dtype).to(DEVICE)  # LoRA's term added into a projection's output
+    expected = out.double() - 0.5 * y.double()
+    assert grouped_matmul(x, v, groups, -0.5, out=out) is out
+    assert_close_to(out, expected, dtype)
+    with pytest.raises(ValueError, match=r"out torch.float64 \(75, 8\) cannot take"):
+        grouped_matmul(x, v, groups, out=out.double())
     b = torch.randn(sum(counts), 8, generator=g).to(dtype).to(DEVICE)
     outer = grouped_outer(x, b, groups)
     assert outer.dtype == torch.float32 and (outer[1] == 0).all()
