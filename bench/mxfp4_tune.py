@@ -63,27 +63,26 @@ def median_us(fn: Callable[[], object]) -> float:
 def launcher(kind: str, cfg: tuple[int, int, int, int, int], x, dy, w, scales, groups: ExpertGroups) -> Callable:
     """A no-argument call of one kernel variant with one tile configuration, output allocated once."""
     bm, bn, bk, warps, stages = cfg
-    tile_expert, tile_row = groups.tiles(bm)
-    tiles = tile_expert.numel()
+    tiles = groups.row_tiles(bm)
     strides = (w.stride(0), w.stride(1), scales.stride(0), scales.stride(1))
-    opts = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages)
+    opts = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, E_PAD=groups.padded_experts, num_warps=warps, num_stages=stages)
     decode = dict(DOT_DTYPE=jit.tl.bfloat16, PACKED=packed_dequant(x))  # as mxfp4_matmul launches the wx kernels
     if kind == "wxt":
         out = torch.empty(dy.shape[0], K, dtype=dy.dtype, device=dy.device)
         grid = (triton.cdiv(K, bk), tiles)
-        args = (dy, out, w, scales, groups.offsets, tile_expert, tile_row, N, K // 2, dy.stride(0), out.stride(0))
+        args = (dy, out, w, scales, groups.offsets, groups.num_experts, N, K // 2, dy.stride(0), out.stride(0))
         kernel = jit._mxfp4_wx_transposed_kernel
         return lambda: (kernel[grid](*args, *strides, **decode, **opts), out)[1]
     out = torch.empty(x.shape[0], N, dtype=x.dtype, device=x.device)
     grid = (triton.cdiv(N, bn), tiles)
     if kind in ("wx", "wxs"):
-        args = (out, w, scales, x, groups.offsets, tile_expert, tile_row, N, K // 2, x.stride(0), out.stride(0))
+        args = (out, w, scales, x, groups.offsets, groups.num_experts, N, K // 2, x.stride(0), out.stride(0))
         kernel = jit._mxfp4_wx_kernel
         swizzled = kind == "wxs"
         order = swizzle_k if swizzled else lambda x: x
         return lambda: (kernel[grid](order(x), *args, *strides, 0, HAS_BIAS=False, SWIZZLED=swizzled, **decode, **opts),
                         out)[1]  # fmt: skip
-    args = (x, out, w, scales, x, groups.offsets, tile_expert, tile_row, N, K, x.stride(0), out.stride(0))
+    args = (x, out, w, scales, x, groups.offsets, groups.num_experts, N, K, x.stride(0), out.stride(0))
     return lambda: (jit._mxfp4_scaled_kernel[grid](*args, *strides, 0, HAS_BIAS=False, **opts), out)[1]
 
 

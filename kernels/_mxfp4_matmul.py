@@ -28,8 +28,9 @@ different outputs (its even and odd columns, stored apart): measured faster ther
 `tl.dot_scaled` cannot do dX at all: its scales must run along the reduction dim, and there they run along the output
 dim. The fp32 path (fp16-only GPUs) is the wx kernels with float32 dots.
 
-Tiling. A program owns BLOCK_M rows of one expert and BLOCK_N outputs; the (tile -> expert, first row) table comes from
-routing.ExpertGroups.tiles, so one launch covers every expert and tiles past the end exit at once. The grid's first axis
+Tiling. A program owns BLOCK_M rows of one expert and BLOCK_N outputs; it finds which from the expert offsets alone
+(_tile: a cumulative sum of the experts' tile counts in registers), so one launch covers every expert whatever the
+counts, on a grid of static size, and tiles past the end exit at once. The grid's first axis
 is the column tile and its second the row tile: columns vary fastest, so the programs running at once share a few row
 tiles of x, which stay in L2, and stream the weights; the other order re-reads x from HBM once per column tile when x
 outgrows L2 (16,384 rows of gpt-oss x are 94 MB; on the H100 the 120b forward there went from 0.56x to 0.89x of bf16). K
@@ -49,23 +50,37 @@ INTERPRETED: bool = bool(triton.knobs.runtime.interpret)
 
 
 @triton.jit
-def _tile(TileExpert, TileRow, Offsets, BLOCK_M: tl.constexpr):
-    """This program's expert (-1: nothing to do), its rows and their mask: the row tile is the grid's second axis."""
-    expert = tl.load(TileExpert + tl.program_id(1))
-    rows = tl.load(TileRow + tl.program_id(1)) + tl.arange(0, BLOCK_M)
+def _tile(Offsets, num_experts, BLOCK_M: tl.constexpr, E_PAD: tl.constexpr):
+    """This program's expert (-1: nothing to do), its rows and their mask; the row tile is the grid's second axis.
+
+    Expert e owns cdiv(count_e, BLOCK_M) consecutive tiles; tile t belongs to the first expert whose tiles end after
+    t. Every program works that out from the E + 1 offsets (E_PAD: E rounded up to a power of 2) in a few dozen
+    instructions, instead of reading a tile table that ~15 small torch ops per tile size built before each launch
+    (host time and kernel launches that a decode step of a few rows per expert paid in every layer).
+    """
+    e = tl.arange(0, E_PAD)
+    e_ok = e < num_experts
+    tiles = (tl.load(Offsets + e + 1, mask=e_ok, other=0) - tl.load(Offsets + e, mask=e_ok, other=0) + BLOCK_M - 1)
+    tiles = tiles // BLOCK_M
+    t = tl.program_id(1)
+    expert = tl.sum((tl.cumsum(tiles, 0) <= t).to(tl.int32), 0)  # experts whose tiles all come before t
+    first_tile = tl.sum(tl.where(e < expert, tiles, 0), 0)
+    expert = tl.where(expert < num_experts, expert, -1)
+    row_start = tl.load(Offsets + tl.maximum(expert, 0))
+    rows = row_start + (t - first_tile) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_end = tl.load(Offsets + tl.maximum(expert, 0) + 1)
     return expert.to(tl.int64), rows, rows < row_end
 
 
 @triton.jit
 def _mxfp4_scaled_kernel(
-    X, Y, W, S, Bias, Offsets, TileExpert, TileRow,
+    X, Y, W, S, Bias, Offsets, num_experts,
     N, K,
     stride_xm, stride_ym, stride_we, stride_wn, stride_se, stride_sn, stride_be,
-    HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    HAS_BIAS: tl.constexpr, E_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     """y = x W_e^T by tl.dot_scaled (bf16 x): Blackwell applies the scales in the tensor cores, Hopper emulates."""
-    expert, rows, row_ok = _tile(TileExpert, TileRow, Offsets, BLOCK_M)
+    expert, rows, row_ok = _tile(Offsets, num_experts, BLOCK_M, E_PAD)
     if expert < 0:
         return
     cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -176,16 +191,16 @@ def _weight_tile(W, S, n, n_ok, b0, K_BYTES, stride_wn, stride_sn, DOT_DTYPE: tl
 
 @triton.jit
 def _mxfp4_wx_kernel(
-    X, Y, W, S, Bias, Offsets, TileExpert, TileRow,
+    X, Y, W, S, Bias, Offsets, num_experts,
     N, K_BYTES,
     stride_xm, stride_ym, stride_we, stride_wn, stride_se, stride_sn, stride_be,
     HAS_BIAS: tl.constexpr, DOT_DTYPE: tl.constexpr, PACKED: tl.constexpr, SWIZZLED: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    E_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     """y^T = W_e x^T: the dequantised weights are the left operand, straight from registers into the tensor cores,
     and a tile can hold as few as 16 rows. SWIZZLED: x's columns come in `swizzle_k` order, and W's codes are read in
     the same order."""
-    expert, rows, row_ok = _tile(TileExpert, TileRow, Offsets, BLOCK_M)
+    expert, rows, row_ok = _tile(Offsets, num_experts, BLOCK_M, E_PAD)
     if expert < 0:
         return
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -210,14 +225,14 @@ def _mxfp4_wx_kernel(
 
 @triton.jit
 def _mxfp4_wx_transposed_kernel(
-    DY, DX, W, S, Offsets, TileExpert, TileRow,
+    DY, DX, W, S, Offsets, num_experts,
     N, K_BYTES,
     stride_dym, stride_dxm, stride_we, stride_wn, stride_se, stride_sn,
     DOT_DTYPE: tl.constexpr, PACKED: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    E_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     """dx^T = W_e^T dy^T for BLOCK_K output columns: the dequantised weights, transposed, are the left operand."""
-    expert, rows, row_ok = _tile(TileExpert, TileRow, Offsets, BLOCK_M)
+    expert, rows, row_ok = _tile(Offsets, num_experts, BLOCK_M, E_PAD)
     if expert < 0:
         return
     b0 = tl.program_id(0) * (BLOCK_K // 2)
@@ -244,14 +259,14 @@ def _mxfp4_wx_transposed_kernel(
 
 @triton.jit
 def _grouped_matmul_kernel(
-    X, Y, V, Offsets, TileExpert, TileRow,
+    X, Y, V, Offsets, num_experts,
     N, K,
     stride_xm, stride_ym, stride_ve, stride_vk, stride_vn, scale,
-    ACCUMULATE: tl.constexpr, DOT_DTYPE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
+    ACCUMULATE: tl.constexpr, DOT_DTYPE: tl.constexpr, E_PAD: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     """y = scale * x V_e, or y += scale * x V_e (ACCUMULATE: y read back in the epilogue)."""
-    expert, rows, row_ok = _tile(TileExpert, TileRow, Offsets, BLOCK_M)
+    expert, rows, row_ok = _tile(Offsets, num_experts, BLOCK_M, E_PAD)
     if expert < 0:
         return
     cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)

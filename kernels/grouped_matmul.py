@@ -61,13 +61,12 @@ def grouped_matmul(
     x = x.contiguous()
     y = torch.empty(x.shape[0], n, dtype=x.dtype, device=x.device) if out is None else out
     tile = _matmul_tile(n, k)
-    tile_expert, tile_row = groups.tiles(tile["BLOCK_M"])
-    grid = (triton.cdiv(n, tile["BLOCK_N"]), tile_expert.numel())
+    grid = (triton.cdiv(n, tile["BLOCK_N"]), groups.row_tiles(tile["BLOCK_M"]))
     jit._grouped_matmul_kernel[grid](
-        x, y, v, groups.offsets, tile_expert, tile_row,
+        x, y, v, groups.offsets, groups.num_experts,
         n, k,
         x.stride(0), y.stride(0), v.stride(0), v.stride(1), v.stride(2), scale,
-        ACCUMULATE=out is not None, DOT_DTYPE=dot_dtype(x), **tile,
+        ACCUMULATE=out is not None, DOT_DTYPE=dot_dtype(x), E_PAD=groups.padded_experts, **tile,
     )  # fmt: skip
     return y
 

@@ -141,11 +141,10 @@ def mxfp4_matmul(
     w = blocks.reshape(num_experts, n, k // 2)  # a view for checkpoint tensors: the bytes of a row are contiguous
     y = torch.empty(x.shape[0], n, dtype=x.dtype, device=x.device)
     tiles = forward_tiles(x, groups)
-    tile_expert, tile_row = groups.tiles(tiles.block_m)
-    grid = (triton.cdiv(n, tiles.block_n), tile_expert.numel())  # columns fastest: a row tile's x stays in L2
-    tables = (x if bias is None else bias, groups.offsets, tile_expert, tile_row)
+    grid = (triton.cdiv(n, tiles.block_n), groups.row_tiles(tiles.block_m))  # columns fastest: x stays in L2
+    tables = (x if bias is None else bias, groups.offsets, groups.num_experts)
     strides = (w.stride(0), w.stride(1), scales.stride(0), scales.stride(1), 0 if bias is None else bias.stride(0))
-    launch = dict(BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, BLOCK_K=tiles.block_k,
+    launch = dict(BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, BLOCK_K=tiles.block_k, E_PAD=groups.padded_experts,
                   num_warps=tiles.num_warps, num_stages=tiles.num_stages, HAS_BIAS=bias is not None)
     x = swizzle_k(x) if tiles.swizzled else x.contiguous()
     if tiles.scaled:
@@ -187,13 +186,12 @@ def mxfp4_matmul_transposed(
     w = blocks.reshape(num_experts, n, k // 2)
     dx = torch.empty(dy.shape[0], k, dtype=dy.dtype, device=dy.device)
     tiles = pick_tiles(TRANSPOSED_TILES, groups)
-    tile_expert, tile_row = groups.tiles(tiles.block_m)
-    grid = (triton.cdiv(k, tiles.block_k), tile_expert.numel())
+    grid = (triton.cdiv(k, tiles.block_k), groups.row_tiles(tiles.block_m))
     jit._mxfp4_wx_transposed_kernel[grid](
-        dy, dx, w, scales, groups.offsets, tile_expert, tile_row,
+        dy, dx, w, scales, groups.offsets, groups.num_experts,
         n, k // 2,
         dy.stride(0), dx.stride(0), w.stride(0), w.stride(1), scales.stride(0), scales.stride(1),
-        DOT_DTYPE=dot_dtype(dy), PACKED=packed_dequant(dy),
+        DOT_DTYPE=dot_dtype(dy), PACKED=packed_dequant(dy), E_PAD=groups.padded_experts,
         BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, BLOCK_K=tiles.block_k,
         num_warps=tiles.num_warps, num_stages=tiles.num_stages,
     )  # fmt: skip

@@ -1,11 +1,12 @@
 """gpt-oss routing: top-k experts per token, softmax over the k in float32, token copies sorted by expert.
 
-The grouped kernels take the sorted copies as one [T*k, H] matrix whose rows offsets[e]:offsets[e+1] belong to expert e,
-plus a (tile -> expert, first row) table, so one launch serves every expert whatever the counts (zeros included).
+The grouped kernels take the sorted copies as one [T*k, H] matrix whose rows offsets[e]:offsets[e+1] belong to expert e;
+from the offsets each program finds its expert and rows, so one launch serves every expert whatever the counts (zeros
+included).
 Everything here is a handful of device-side torch ops: no host synchronisation, no Python loop over experts.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -26,13 +27,12 @@ MAX_TILES = 65535
 
 @dataclass
 class ExpertGroups:
-    """Which sorted rows go to which expert, and the per-BLOCK_M tile tables the kernels read."""
+    """Which sorted rows go to which expert: the offsets the grouped kernels read, and the size of their grid."""
 
     offsets: torch.Tensor
     """`[E + 1]` int32: rows offsets[e]:offsets[e+1] of the sorted matrix belong to expert e."""
     num_rows: int
     """Total rows (T * k), known on the host without a sync."""
-    _tiles: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
 
     @property
     def num_experts(self) -> int:
@@ -50,30 +50,21 @@ class ExpertGroups:
         bounds = self.offsets.tolist()
         return [slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]
 
-    def tiles(self, block_m: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(`tile_expert`, `tile_row`) int32 for a grid of cdiv(rows, block_m) + E programs; expert -1 = idle tile.
+    @property
+    def padded_experts(self) -> int:
+        """E rounded up to a power of 2: the kernels' E_PAD, the width of their per-expert registers."""
+        return 1 << (self.num_experts - 1).bit_length()
 
-        Expert e needs cdiv(count_e, block_m) tiles, so the total is at most cdiv(rows, block_m) + E - 1: a grid of
-        that static size needs no sync. Cached per block_m because one MoE layer launches several kernels.
+    def row_tiles(self, block_m: int) -> int:
+        """Row tiles of `block_m` on a launch's grid: cdiv(rows, block_m) + E, known on the host (no sync) and enough
+        for any counts (expert e needs cdiv(count_e, block_m) tiles: at most cdiv(rows, block_m) + E - 1 in all).
+        Each program finds its expert and rows from the offsets (_mxfp4_matmul._tile); the spare tiles exit at once.
         """
-        if block_m not in self._tiles:
-            num_tiles = -(-self.num_rows // block_m) + self.num_experts
-            if num_tiles > MAX_TILES:
-                raise ValueError(f"{self.num_rows} routed rows need more than {MAX_TILES} tiles of {block_m}: the "
-                                 "kernels' grid cannot launch them; pass fewer tokens per call")  # fmt: skip
-            counts = self.offsets[1:] - self.offsets[:-1]
-            tiles_per_expert = (counts + block_m - 1) // block_m
-            tile_end = torch.cumsum(tiles_per_expert, 0)
-            tile = torch.arange(num_tiles, device=counts.device)
-            expert = torch.searchsorted(tile_end, tile, right=True)  # E for tiles past the last one
-            known = expert.clamp(max=self.num_experts - 1)
-            first_row = self.offsets[known] + (tile - (tile_end - tiles_per_expert)[known]) * block_m
-            idle = expert == self.num_experts
-            self._tiles[block_m] = (
-                torch.where(idle, -1, expert).to(torch.int32),
-                torch.where(idle, 0, first_row).to(torch.int32),
-            )
-        return self._tiles[block_m]
+        num_tiles = -(-self.num_rows // block_m) + self.num_experts
+        if num_tiles > MAX_TILES:
+            raise ValueError(f"{self.num_rows} routed rows need more than {MAX_TILES} tiles of {block_m}: the "
+                             "kernels' grid cannot launch them; pass fewer tokens per call")  # fmt: skip
+        return num_tiles
 
 
 @dataclass

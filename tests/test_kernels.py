@@ -137,18 +137,30 @@ def test_quantize_error_is_at_most_half_the_widest_grid_gap() -> None:
     assert (error[inside] <= scale[inside]).all() and (error <= 2 * scale).all() and (~inside).any()
 
 
+@triton.jit
+def _tile_probe(Offsets, num_experts, Expert, Rows, E_PAD: tl.constexpr, BLOCK_M: tl.constexpr):
+    """Each program stores the expert `_tile` gives it and its rows (-1 where masked)."""
+    expert, rows, row_ok = _mxfp4_matmul._tile(Offsets, num_experts, BLOCK_M, E_PAD)
+    t = tl.program_id(1)
+    tl.store(Expert + t, expert.to(tl.int32))
+    tl.store(Rows + t * BLOCK_M + tl.arange(0, BLOCK_M), tl.where(row_ok & (expert >= 0), rows, -1))
+
+
 @settings(max_examples=25, deadline=None)
 @given(counts=st.lists(st.integers(0, 40), min_size=1, max_size=6), block_m=st.sampled_from([1, 16, 64]))
 def test_tiles_cover_every_row_once_within_one_expert(counts: list[int], block_m: int) -> None:
-    groups = ExpertGroups.from_counts(torch.tensor(counts), sum(counts))
-    tile_expert, tile_row = groups.tiles(block_m)
+    """What every grouped kernel's programs work out from the offsets: each row in exactly one tile of its expert."""
+    groups = ExpertGroups.from_counts(torch.tensor(counts, device=DEVICE), sum(counts))
+    num_tiles = groups.row_tiles(block_m)
+    expert = torch.empty(num_tiles, dtype=torch.int32, device=DEVICE)
+    rows = torch.empty(num_tiles, block_m, dtype=torch.int32, device=DEVICE)
+    _tile_probe[(1, num_tiles)](groups.offsets, groups.num_experts, expert, rows, groups.padded_experts, block_m)
     owner = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
     seen = torch.zeros(sum(counts), dtype=torch.long)
-    for expert, start in zip(tile_expert.tolist(), tile_row.tolist()):
-        if expert >= 0:
-            rows = torch.arange(start, min(start + block_m, groups.offsets[expert + 1].item()))
-            assert len(rows) > 0 and (owner[rows] == expert).all()
-            seen[rows] += 1
+    for e, tile_rows in zip(expert.tolist(), rows.cpu()):
+        tile_rows = tile_rows[tile_rows >= 0].long()
+        assert (e >= 0) == (len(tile_rows) > 0) and (owner[tile_rows] == e).all()
+        seen[tile_rows] += 1
     assert (seen == 1).all()
 
 
@@ -156,8 +168,8 @@ def test_more_row_tiles_than_a_grid_axis_takes_is_a_clear_error() -> None:
     """The row tiles go on the grid's second axis (at most 65,535): more fails before any launch, saying why."""
     groups = ExpertGroups.from_counts(torch.tensor([70_000]), 70_000)
     with pytest.raises(ValueError, match="70000 routed rows need more than 65535 tiles of 1"):
-        groups.tiles(1)
-    assert groups.tiles(2)[0].numel() == 35_001
+        groups.row_tiles(1)
+    assert groups.row_tiles(2) == 35_001
 
 
 def test_route_softmax_over_k_in_float32() -> None:
