@@ -108,7 +108,8 @@ class Mxfp4Experts(nn.Module):
         x = hidden_states.to(compute)[order.token]  # (T*k, H) sorted by expert
         gate_up = self._project("gate_up_proj", x, order.groups, compute, lora)  # (T*k, 2I)
         y = self._project("down_proj", swiglu(gate_up, self.alpha, self.limit), order.groups, compute, lora)  # (T*k, H)
-        y = torch.zeros_like(y).index_copy(0, order.slot, y).view(tokens, top_k, -1)  # back to (token, choice) order
+        # Back to (token, choice) order; slot is a permutation, so every row is written and nothing needs zeroing.
+        y = torch.empty_like(y).index_copy(0, order.slot, y).view(tokens, top_k, -1)
         out = torch.einsum("tkh,tk->th", y.float(), routing_weights.float())  # weighted sum over the k in float32
         return out.to(hidden_states.dtype)
 
