@@ -207,7 +207,7 @@ def measure_generation(shape, device: torch.device, settings: Settings, parts: l
                 results[part] = profile(model, prompt_ids, dataclasses.replace(settings, compile=True), tokens=64)
             elif part == "profile-kernels":  # the same compiled without CUDA graphs: the profiler sees each kernel
                 results[part] = profile(model, prompt_ids, dataclasses.replace(settings, compile=True), tokens=64,
-                                        rows=40, compile_config=CompileConfig(mode="default"))
+                                        rows=200, compile_config=CompileConfig(mode="default"))
             elif part == "syncs" and device.type == "cuda":
                 results[part] = syncs(model, prompt_ids, settings)
         except Exception as err:  # a bench part that fails is reported, and the others still run

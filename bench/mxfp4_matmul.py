@@ -22,7 +22,8 @@ within 1.11x of bf16 grouped at M >= 4096 and 2x faster at <= 64 rows per expert
 forward+backward through one gpt-oss-20b MoE layer, to show no bf16 copy of the experts is made, and the fused
 swiglu (kernels/swiglu.py) against its torch reference on [M, 5760] bf16: time forward and forward+backward, the
 no-grad forward's extra peak memory, next to its floor (read 2I, write I values); and what LoRA r16 on the experts
-adds to a projection's forward and forward+backward (`expert_linear` with and without it).
+adds to a projection's forward and forward+backward (`expert_linear` with and without it); last, one 20b MoE layer's
+experts end to end (routing and host time included) at a decode step's and training's token counts.
 """
 
 import argparse
@@ -138,8 +139,8 @@ def bench_shape(model: str, proj: str, rows: int, bandwidth: float) -> list[dict
     return results
 
 
-def peak_memory_of_one_layer(tokens: int, rank: int) -> str:
-    """Forward+backward through one gpt-oss-20b MoE layer (bf16, LoRA on both projections): extra peak memory."""
+def moe_layer(rank: int, lora_dtype: torch.dtype) -> tuple[Mxfp4Experts, dict[str, ExpertLora]]:
+    """One gpt-oss-20b MoE layer's experts (random MXFP4, bf16 biases) and LoRA of `rank` on both projections."""
     experts = EXPERTS["20b"]
     packed = {proj: random_mxfp4(experts, n, k) for proj, (n, k) in PROJECTIONS.items()}
     layer = Mxfp4Experts(
@@ -151,12 +152,19 @@ def peak_memory_of_one_layer(tokens: int, rank: int) -> str:
     )
     lora = {
         p: ExpertLora(
-            (torch.randn(experts, rank, k, device="cuda", dtype=torch.bfloat16) / k**0.5).requires_grad_(),
-            torch.randn(experts, n, rank, device="cuda", dtype=torch.bfloat16).mul_(0.01).requires_grad_(),
+            (torch.randn(experts, rank, k, device="cuda", dtype=lora_dtype) / k**0.5).requires_grad_(),
+            torch.randn(experts, n, rank, device="cuda", dtype=lora_dtype).mul_(0.01).requires_grad_(),
             scaling=2.0,
         )
         for p, (n, k) in PROJECTIONS.items()
     }
+    return layer, lora
+
+
+def peak_memory_of_one_layer(tokens: int, rank: int) -> str:
+    """Forward+backward through one gpt-oss-20b MoE layer (bf16, LoRA on both projections): extra peak memory."""
+    layer, lora = moe_layer(rank, torch.bfloat16)
+    experts = layer.num_experts
     h = torch.randn(tokens, HIDDEN, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     indices, weights = route(torch.randn(tokens, experts, device="cuda"), TOP_K)
     torch.cuda.synchronize()
@@ -166,13 +174,32 @@ def peak_memory_of_one_layer(tokens: int, rank: int) -> str:
     torch.cuda.synchronize()
     extra = torch.cuda.max_memory_allocated() - before
     bf16_stack = sum(experts * n * k * 2 for n, k in PROJECTIONS.values())
-    mxfp4_stack = sum(b.numel() + s.numel() for b, s in packed.values())
+    mxfp4_stack = sum(layer.get_buffer(f"{p}_{part}").numel() for p in PROJECTIONS for part in ("blocks", "scales"))
     verdict = "no bf16 copy of the experts" if extra < bf16_stack else "MORE than a bf16 copy of the experts"
     return (
         f"Peak extra memory, forward+backward of one gpt-oss-20b MoE layer ({tokens} tokens, top-{TOP_K},"
         f" LoRA r={rank}, bf16): {extra / 2**20:.0f} MiB; the experts take {mxfp4_stack / 2**20:.0f} MiB in MXFP4"
         f" and would take {bf16_stack / 2**20:.0f} MiB in bf16: {verdict}."
     )
+
+
+def layer_table(tokens: list[int], rank: int) -> str:
+    """One gpt-oss-20b MoE layer's experts as the model calls them (routing, sorting, both projections with LoRA of
+    `rank` in float32 as training keeps it, swiglu, the weighted combine), us: the forward without grad (what decoding
+    runs: 32 tokens is a batch-32 decode step) and forward+backward (training). Host time counts here, as it does in
+    an eager model."""
+    layer, lora = moe_layer(rank, torch.float32)
+    lines = ["| tokens | routed rows | forward (no grad) | forward+backward |", "|---:|---:|---:|---:|"]
+    for t in tokens:
+        h = torch.randn(t, HIDDEN, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        indices, weights = route(torch.randn(t, layer.num_experts, device="cuda"), TOP_K)
+        dout = torch.randn(t, HIDDEN, device="cuda", dtype=torch.bfloat16)
+        with torch.no_grad():
+            forward = median_us(lambda: layer(h, indices, weights, lora=lora))
+        params = [h, *(f for low_rank in lora.values() for f in (low_rank.A, low_rank.B))]
+        both = median_us(lambda: torch.autograd.grad(layer(h, indices, weights, lora=lora), params, dout))
+        lines.append(f"| {t} | {t * TOP_K} | {forward:.1f} | {both:.1f} |")
+    return "\n".join(lines)
 
 
 def lora_table(model: str, rows: list[int], rank: int) -> str:
@@ -251,7 +278,7 @@ def markdown(results: list[dict], bandwidth: float) -> str:
     return "\n".join(lines)
 
 
-TABLES = ("gemm", "memory", "swiglu", "lora")
+TABLES = ("gemm", "memory", "swiglu", "lora", "layer")
 
 
 def main() -> None:
@@ -260,6 +287,7 @@ def main() -> None:
     parser.add_argument("--rows", default="16,64,256,1024,2048,4096,16384", help="routed rows M (tokens x top-4)")
     parser.add_argument("--memory-tokens", type=int, default=2048, help="tokens for the peak-memory check")
     parser.add_argument("--lora-rows", default="128,1024,4096,16384", help="routed rows for the LoRA r16 table")
+    parser.add_argument("--layer-tokens", default="32,1024,4096", help="tokens for the MoE layer table (20b)")
     parser.add_argument("--tables", default=",".join(TABLES), help="comma list of " + ", ".join(TABLES))
     args = parser.parse_args()
     tables, models = args.tables.split(","), args.models.split(",")
@@ -285,6 +313,8 @@ def main() -> None:
     if "lora" in tables:
         for model in models:
             print(lora_table(model, [int(r) for r in args.lora_rows.split(",")], rank=16), end="\n\n")
+    if "layer" in tables:
+        print(layer_table([int(t) for t in args.layer_tokens.split(",")], rank=16), end="\n\n")
 
 
 if __name__ == "__main__":
