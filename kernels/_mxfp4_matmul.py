@@ -30,12 +30,11 @@ dim. The fp32 path (fp16-only GPUs) is the wx kernels with float32 dots.
 
 Tiling. A program owns BLOCK_M rows of one expert and BLOCK_N outputs; it finds which from the expert offsets alone
 (_tile: a cumulative sum of the experts' tile counts in registers), so one launch covers every expert whatever the
-counts, on a grid of static size, and tiles past the end exit at once. The grid's first axis
-is the column tile and its second the row tile: columns vary fastest, so the programs running at once share a few row
-tiles of x, which stay in L2, and stream the weights; the other order re-reads x from HBM once per column tile when x
-outgrows L2 (16,384 rows of gpt-oss x are 94 MB; on the H100 the 120b forward there went from 0.56x to 0.89x of bf16). K
-and N need not be multiples of the blocks (gpt-oss K = 2880 = 22.5 x 128): loads are masked, masked codes read as 0
-(+0.0).
+counts, on a grid of static size, and tiles past the end exit at once. The grid's first axis is the column tile and its
+second the row tile: columns vary fastest, so the programs running at once share a few row tiles of x, which stay in L2,
+and stream the weights; the other order re-reads x from HBM once per column tile when x outgrows L2 (16,384 rows of
+gpt-oss x are 94 MB; on the H100 the 120b forward there went from 0.56x to 0.89x of bf16). K and N need not be multiples
+of the blocks (gpt-oss K = 2880 = 22.5 x 128): loads are masked, masked codes read as 0 (+0.0).
 
 Triton 3.9's interpreter (TRITON_INTERPRET=1, CPU) feeds bf16 operands to tl.dot as their raw integer bits (values
 ~1e9 off), whether made in registers or loaded, so under the interpreter every tl.dot runs in float32 (DOT_DTYPE).
@@ -60,8 +59,8 @@ def _tile(Offsets, num_experts, BLOCK_M: tl.constexpr, E_PAD: tl.constexpr):
     """
     e = tl.arange(0, E_PAD)
     e_ok = e < num_experts
-    tiles = (tl.load(Offsets + e + 1, mask=e_ok, other=0) - tl.load(Offsets + e, mask=e_ok, other=0) + BLOCK_M - 1)
-    tiles = tiles // BLOCK_M
+    count = tl.load(Offsets + e + 1, mask=e_ok, other=0) - tl.load(Offsets + e, mask=e_ok, other=0)
+    tiles = (count + BLOCK_M - 1) // BLOCK_M
     t = tl.program_id(1)
     expert = tl.sum((tl.cumsum(tiles, 0) <= t).to(tl.int32), 0)  # experts whose tiles all come before t
     first_tile = tl.sum(tl.where(e < expert, tiles, 0), 0)

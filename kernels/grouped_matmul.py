@@ -5,9 +5,9 @@
     grouped_outer(a, b, groups)   G[e] = a[rows_e]^T b[rows_e]  -> [E, P, Q] float32, zeros for an empty expert
 
 LoRA on an expert, y += s (x A_e^T) B_e^T, is two `grouped_matmul`s forward and two backward (V = A^T, B^T, B, A: all
-strided views, nothing copied), the second of each added into the projection's output; dA and dB are `grouped_outer`s. Neither gathers a per-row weight ([T*k, r, K] would
-be 1.5 GB at 4096 tokens) nor loops over experts. Same dispatch as mxfp4_matmul: Triton on CUDA or under
-TRITON_INTERPRET=1 for bf16/fp32, the reference otherwise.
+strided views, nothing copied), the second of each added into the projection's output; dA and dB are
+`grouped_outer`s. Neither gathers a per-row weight ([T*k, r, K] would be 1.5 GB at 4096 tokens) nor loops over experts.
+Same dispatch as mxfp4_matmul: Triton on CUDA or under TRITON_INTERPRET=1 for bf16/fp32, the reference otherwise.
 """
 
 import torch
