@@ -1,0 +1,91 @@
+"""Compile one of the MXFP4 expert kernels for sm_90 on a machine without a GPU and count what its main loop runs.
+
+    python bench/sass_loop.py _mxfp4_wx_kernel 128,128,64,8,4 [--swizzled] [--accumulate] [--kernels kernels/_mxfp4_matmul.py]
+
+The tile is (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages); the other constants are the ones mxfp4_matmul launches a bf16
+GPU call with (packed decoding, no bias, 32 experts), and the integer arguments get the divisibility by 16 that Triton's
+launcher finds on gpt-oss shapes, without which it pipelines differently. Prints the registers per thread, the shared
+memory, the kernel's instruction count and, per loop (a backward branch), its instructions and its shared, global and
+tensor-core instructions. Run it with the Triton of the GPU machine (3.6 there): another version compiles other code.
+`--kernels` takes another copy of the kernels' file, e.g. an older commit's, to compare the two.
+"""
+
+import argparse
+import importlib.util
+import re
+import subprocess
+from pathlib import Path
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+ROOT = Path(__file__).resolve().parents[1]
+DIVISIBLE = {"N", "K", "K_BYTES", "num_experts", "stride_xm", "stride_ym", "stride_dym", "stride_dxm", "stride_we",
+             "stride_wn", "stride_se", "stride_be"}  # fmt: skip
+"""Integer arguments that are multiples of 16 at gpt-oss shapes (stride_sn = K / 32 = 90 is not)."""
+POINTERS = {"X": "*bf16", "Y": "*bf16", "DY": "*bf16", "DX": "*bf16", "Bias": "*bf16", "W": "*u8", "S": "*u8",
+            "V": "*fp32", "Offsets": "*i32", "TileExpert": "*i32", "TileRow": "*i32"}  # fmt: skip
+
+
+def compile_kernel(path: Path, name: str, tile: tuple[int, ...], swizzled: bool, accumulate: bool):
+    spec = importlib.util.spec_from_file_location("kernels_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    fn = getattr(module, name)
+    block_m, block_n, block_k, warps, stages = tile
+    values = dict(HAS_BIAS=False, DOT_DTYPE=triton.language.bfloat16, PACKED=True, SWIZZLED=swizzled, E_PAD=32,
+                  ACCUMULATE=accumulate, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k)  # fmt: skip
+    signature = {a: POINTERS.get(a, "fp32" if a == "scale" else "i32") for a in fn.arg_names}
+    constants = {}
+    for i, arg in enumerate(fn.arg_names):
+        if fn.params[i].is_constexpr:
+            signature[arg], constants[(i,)] = "constexpr", values[arg]
+    attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(fn.arg_names)
+             if signature[a].startswith("*") or a in DIVISIBLE}  # fmt: skip
+    source = ASTSource(fn, signature=signature, constexprs=constants, attrs=attrs)
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps, num_stages=stages))
+
+
+def loops(sass: str) -> list[dict]:
+    """Each loop of the disassembly: the instructions from a label to the branch back to it."""
+    instructions, labels = [], {}
+    for line in sass.splitlines():
+        if label := re.match(r"^\s*\.(L_x_\d+):", line):
+            labels[label.group(1)] = len(instructions)
+        elif re.match(r"\s+/\*[0-9a-f]{4}\*/", line):
+            instructions.append(line)
+    found = []
+    for i, line in enumerate(instructions):
+        target = re.search(r"BRA[^`]*`\(\.(L_x_\d+)\)", line)
+        if target and labels.get(target.group(1), i + 1) <= i:
+            body = instructions[labels[target.group(1)] : i + 1]
+            found.append({"instructions": len(body), "shared loads": sum("LDS" in b for b in body),
+                          "global loads": sum("LDG" in b for b in body),
+                          "tensor core": sum(op in b for b in body for op in ("HGMMA", "HMMA"))})  # fmt: skip
+    return found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("kernel", help="e.g. _mxfp4_wx_kernel, _mxfp4_wx_transposed_kernel, _grouped_matmul_kernel")
+    parser.add_argument("tile", help="BLOCK_M,BLOCK_N,BLOCK_K,warps,stages")
+    parser.add_argument("--swizzled", action="store_true", help="the forward reading codes in swizzle_k order")
+    parser.add_argument("--accumulate", action="store_true", help="grouped_matmul adding into `out`")
+    parser.add_argument("--kernels", type=Path, default=ROOT / "kernels" / "_mxfp4_matmul.py")
+    args = parser.parse_args()
+    tile = tuple(int(v) for v in args.tile.split(","))
+    compiled = compile_kernel(args.kernels, args.kernel, tile, args.swizzled, args.accumulate)
+    tools = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+    with open("/tmp/sass_loop.cubin", "wb") as f:
+        f.write(compiled.asm["cubin"])
+    usage = subprocess.run([tools / "cuobjdump", "-res-usage", f.name], capture_output=True, text=True).stdout
+    sass = subprocess.run([tools / "nvdisasm", "-c", f.name], capture_output=True, text=True).stdout
+    registers = re.search(r"REG:(\d+)", usage).group(1)
+    total = sum(bool(re.match(r"\s+/\*[0-9a-f]{4}\*/", line)) for line in sass.splitlines())
+    print(f"{args.kernel} {tile}: {registers} registers, {compiled.metadata.shared} B shared, {total} instructions;"
+          f" loops: {[loop for loop in loops(sass) if loop['instructions'] > 1]}")
+
+
+if __name__ == "__main__":
+    main()
