@@ -65,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     # Our progress at INFO, other libraries' only from WARNING (vLLM, once imported, logs its Triton probing at INFO).
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("oss_grpo").setLevel(logging.INFO)
+    # bitsandbytes (imported by peft under transformers) warns on CPUs with AVX512-BF16 that the optional NF4 GEMM of
+    # its AVX512-BF16 path (from the `kernels` package) is missing; rl/nf4.py turns that path off for our layers, and
+    # the line would come before our one-line errors on every command.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     try:
         if args.command == "check-plugin":
             return check_plugin(args.name, args.config, args.overrides, args.max_seconds)
