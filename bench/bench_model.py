@@ -13,6 +13,7 @@ Both modes draw every tensor from a generator seeded by its name, so they hold t
 
 import dataclasses
 import zlib
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +29,7 @@ from oss_grpo.rl.memory import RELEASED, ModelShape
 from oss_grpo.rl.moe import PROJECTIONS
 from oss_grpo.rl.nf4 import adapters_to_fp32, quantize_linears
 from oss_grpo.rl.policy import lora_config
+from oss_grpo.rl.sampling_adapters import adapters_in_model_dtype
 from oss_grpo.rl.tiny_model import PAD_ID
 
 SHAPES = {
@@ -64,6 +66,8 @@ class Settings:
     """`adamw` (torch, float32 moments) or `adamw_8bit` (bitsandbytes' blockwise 8-bit moments, 4x smaller)."""
     load_in_4bit: bool = False
     """Attention projections in NF4 through bitsandbytes (rl/nf4.py), in both modes."""
+    fp32_sampling_adapters: bool = False
+    """Sample with the LoRA factors in float32, as the generator did before rl/sampling_adapters.py (a baseline)."""
     offload_embedding: bool = False
     """Input embedding table in host RAM (rl/host_embedding.py), ours only: the baseline is TRL + PEFT as documented,
     which have no such option."""
@@ -218,8 +222,9 @@ def generate(model: PeftModel, prompt_ids: torch.Tensor, settings: Settings, **k
         min_new_tokens=settings.new_tokens, pad_token_id=model.config.pad_token_id, cache_implementation="static",
         disable_compile=not settings.compile,  # transformers compiles a static-cache decode on CUDA by default
     )
-    return model.generate(input_ids=prompt_ids, attention_mask=torch.ones_like(prompt_ids), generation_config=config,
-                          **kwargs)
+    with nullcontext() if settings.fp32_sampling_adapters else adapters_in_model_dtype(model):  # as the generator
+        return model.generate(input_ids=prompt_ids, attention_mask=torch.ones_like(prompt_ids),
+                              generation_config=config, **kwargs)
 
 
 def warm_up_settings(settings: Settings) -> Settings:

@@ -10,6 +10,8 @@ experts, PEFT LoRA r16 on attention and experts, as the step trains it):
     eager     transformers `generate`, static KV cache, no compilation (what the step ran)
     compile   the same with transformers' own compilation of the decode step (torch.compile, mode
               "reduce-overhead": CUDA graphs); warmed up once at the same length, so compiling is not timed
+    compile-fp32-lora  the same with the LoRA factors in float32 while sampling (every part but this one samples
+              with them in the model's dtype, as the trainer's generator does: rl/sampling_adapters.py)
     forced    whether the compiled decode computes what eager does: both generate the same random tokens, forced
               by a logits processor, and the model's next-token distributions are compared step by step (sampled
               tokens cannot tell: a random model's distribution is nearly uniform over 201k tokens, so noise of
@@ -199,6 +201,9 @@ def measure_generation(shape, device: torch.device, settings: Settings, parts: l
                 results[part] = speed(model, prompt_ids, settings)
             elif part == "compile":
                 results[part] = speed(model, prompt_ids, dataclasses.replace(settings, compile=True))
+            elif part == "compile-fp32-lora":  # the baseline of rl/sampling_adapters.py
+                results[part] = speed(model, prompt_ids, dataclasses.replace(settings, compile=True,
+                                                                             fp32_sampling_adapters=True))
             elif part == "forced":
                 results[part] = compiled_vs_eager(model, prompt_ids, settings)
             elif part == "profile":

@@ -6,7 +6,8 @@ vLLM (no paged KV cache, no continuous batching) and is the fallback, not the de
 Sampling is ours, not `generate`'s: `generate` draws every row of a batch from one global random stream, so a
 completion would depend on which other prompts shared its batch, and under `accelerate launch` on how the batch was
 split over processes. `SeededRowSampling` gives each row its own stream, seeded as `Sampling.seed` says (vLLM seeds
-each request the same way), so a completion depends only on its prompt, its seed and the weights.
+each request the same way), so a completion depends only on its prompt, its seed and the weights. The LoRA factors
+sample in the model's dtype (rl/sampling_adapters.py), not in the float32 they train in.
 
 `compiled` (config `compile_generation`): a static KV cache, which transformers compiles on a GPU. A compiled graph
 serves only the shapes it was made for, so the prompts are left-padded to a multiple of `WIDTH_STEP` and the rows to
@@ -22,6 +23,7 @@ from oss_grpo.rl.choice_constraint import ChoiceConstraint
 from oss_grpo.rl.errors import GeneratorError
 from oss_grpo.rl.generator import Completion, Sampling, prompt_seeds
 from oss_grpo.rl.harmony import parse_completion
+from oss_grpo.rl.sampling_adapters import adapters_in_model_dtype
 
 
 def row_uniforms(seeds: list[int], steps: int) -> torch.Tensor:
@@ -85,9 +87,10 @@ class TransformersGenerator:
         was_training = self.model.training
         self.model.eval()
         try:
-            return [c for i in range(0, len(prompts), self.batch_size)
-                    for c in self._generate_batch(prompts[i : i + self.batch_size], seeds[i : i + self.batch_size],
-                                                  sampling, allowed)]
+            with adapters_in_model_dtype(self.model):
+                return [c for i in range(0, len(prompts), self.batch_size)
+                        for c in self._generate_batch(prompts[i : i + self.batch_size],
+                                                      seeds[i : i + self.batch_size], sampling, allowed)]
         finally:
             self.model.train(was_training)
 

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from peft import LoraConfig, get_peft_model
 
 from oss_grpo.rl.errors import GeneratorError
 from oss_grpo.rl.generator import Sampling
@@ -101,3 +102,40 @@ def test_nan_logits_stop_the_generation_with_an_error_naming_the_rows(generator:
     finally:
         handle.remove()
     assert len(calls) == 5  # the whole batch was generated, then checked once
+
+
+def test_lora_samples_in_the_model_dtype_and_trains_in_float32() -> None:
+    """A bf16 policy's float32 LoRA factors are bf16 while it samples, so PEFT runs bf16 GEMMs there and not float32
+    ones; each in one buffer kept across calls (a compiled decode's graphs hold its address), refreshed from the
+    float32 masters, which come back untouched."""
+    model = get_peft_model(build_tiny_model(seed=3, dtype=torch.bfloat16),
+                           LoraConfig(r=4, target_modules=["q_proj", "v_proj"], lora_dropout=0.0))
+    trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    with torch.no_grad():
+        for p in trainable.values():
+            assert p.dtype == torch.float32  # what PEFT makes for a bf16 model (and rl/nf4.py for a 4-bit one)
+            p.normal_(0.0, 0.05)  # B != 0: the adapters change the samples
+    lora_a = model.base_model.model.model.layers[0].self_attn.q_proj.lora_A["default"]
+    seen = []
+    lora_a.register_forward_pre_hook(lambda m, args: seen.append((m.weight.detach().clone(), m.weight.data_ptr(),
+                                                                    args[0].dtype)))
+    generator = TransformersGenerator(model, stop_token_ids(), harmony_tokenizer().pad_token_id)
+    prompts = [render_prompt_ids([{"role": "user", "content": "Your move?"}], reasoning_effort="low")]
+    masters = {name: (p.data_ptr(), p.detach().clone()) for name, p in trainable.items()}
+    q_a = trainable[next(n for n in trainable if "layers.0.self_attn.q_proj.lora_A" in n)]
+
+    generator.generate(prompts, Sampling(max_tokens=3, seed=1))
+    assert seen and all(w.dtype == torch.bfloat16 and x == torch.bfloat16 for w, _, x in seen)
+    assert all(torch.equal(w, q_a.detach().to(torch.bfloat16)) for w, _, _ in seen)
+    for name, p in trainable.items():
+        assert p.dtype == torch.float32 and p.data_ptr() == masters[name][0] and torch.equal(p, masters[name][1])
+
+    buffers = {ptr for _, ptr, _ in seen}
+    with torch.no_grad():
+        for p in trainable.values():
+            p.add_(0.01)  # an optimizer step: the next rollout samples the new values, from the same buffers
+    seen.clear()
+    generator.generate(prompts, Sampling(max_tokens=3, seed=1))
+    assert {ptr for _, ptr, _ in seen} == buffers
+    assert all(torch.equal(w, q_a.detach().to(torch.bfloat16)) for w, _, _ in seen)
+    assert all(p.dtype == torch.float32 for p in trainable.values())

@@ -1,0 +1,48 @@
+"""Rollouts run the LoRA factors in the model's dtype; training keeps them float32.
+
+The factors are float32 so that AdamW's small steps are not lost (rl/nf4.py, `adapters_to_fp32`). PEFT then casts
+each attention projection's input to float32 and runs x A^T and (x A^T) B^T as float32 GEMMs. Sampling does not
+need that: at a batch-32 decode step of gpt-oss-20b on an H100 those are 8 float32 GEMMs a layer (192 a token, with
+their split-K reductions) taking 1.6 ms of a ~19 ms token (docs/BENCHMARKS.md). vLLM samples with bf16 LoRA too, and
+the trainer scores every sampled token with its own forward, so the rounding of the factors (bf16: 2^-9 relative)
+only moves the sampling distribution as much as vLLM's does.
+
+`adapters_in_model_dtype(model)` is a context in which every trainable float parameter holds a copy of its float32
+values in the model's dtype, refreshed from the float32 masters on entry; on exit the masters are back, untouched.
+Each copy is one buffer kept for the model's lifetime, so a compiled decode finds its parameters at the same
+addresses on every call (its CUDA graphs hold those addresses). A float32 model (CPU) is left as it is.
+"""
+
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+_COPIES: "weakref.WeakKeyDictionary[nn.Module, dict[str, torch.Tensor]]" = weakref.WeakKeyDictionary()
+
+
+@contextmanager
+def adapters_in_model_dtype(model: nn.Module) -> Iterator[None]:
+    """Within: `model`'s trainable float parameters hold copies in the dtype of its output embedding (its compute
+    dtype). No gradient may be taken within (the copies are not what the optimizer steps)."""
+    dtype = model.get_output_embeddings().weight.dtype
+    copies = _COPIES.setdefault(model, {})
+    masters: dict[str, torch.Tensor] = {}
+    params = dict(model.named_parameters())
+    try:
+        with torch.no_grad():
+            for name, param in params.items():
+                if not (param.requires_grad and param.is_floating_point() and param.dtype != dtype):
+                    continue
+                copy = copies.get(name)
+                if copy is None or copy.shape != param.shape or copy.device != param.device:
+                    copy = copies[name] = torch.empty_like(param, dtype=dtype)
+                copy.copy_(param)
+                masters[name] = param.data
+                param.data = copy
+        yield
+    finally:
+        for name, master in masters.items():
+            params[name].data = master
