@@ -202,8 +202,12 @@ def measure_generation(shape, device: torch.device, settings: Settings, parts: l
             elif part == "compile":
                 results[part] = speed(model, prompt_ids, dataclasses.replace(settings, compile=True))
             elif part == "compile-fp32-lora":  # the baseline of rl/sampling_adapters.py
+                # Dynamo does not guard the parameters' dtype (it assumes a module's parameters stay as they are), so
+                # a decode compiled with the factors in one dtype is dropped before and after this part.
+                torch._dynamo.reset()
                 results[part] = speed(model, prompt_ids, dataclasses.replace(settings, compile=True,
                                                                              fp32_sampling_adapters=True))
+                torch._dynamo.reset()
             elif part == "forced":
                 results[part] = compiled_vs_eager(model, prompt_ids, settings)
             elif part == "profile":
