@@ -9,7 +9,7 @@ import pytest
 import torch
 import triton
 import triton.language as tl
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from oss_grpo.kernels import _mxfp4_matmul
@@ -148,10 +148,13 @@ def _tile_probe(Offsets, num_experts, Expert, Rows, E_PAD: tl.constexpr, BLOCK_M
 
 @settings(max_examples=25, deadline=None)
 @given(counts=st.lists(st.integers(0, 40), min_size=1, max_size=6), block_m=st.sampled_from([1, 16, 64]))
+@example(counts=[17, 1, 0, 33], block_m=16)  # every expert with rows one past a whole tile: the grid's bound is met
 def test_tiles_cover_every_row_once_within_one_expert(counts: list[int], block_m: int) -> None:
-    """What every grouped kernel's programs work out from the offsets: each row in exactly one tile of its expert."""
+    """What every grouped kernel's programs work out from the offsets: each row in exactly one tile of its expert,
+    on a grid of `row_tiles`, which is never short of the tiles the counts need."""
     groups = ExpertGroups.from_counts(torch.tensor(counts, device=DEVICE), sum(counts))
     num_tiles = groups.row_tiles(block_m)
+    assert num_tiles >= sum(-(-c // block_m) for c in counts)
     expert = torch.empty(num_tiles, dtype=torch.int32, device=DEVICE)
     rows = torch.empty(num_tiles, block_m, dtype=torch.int32, device=DEVICE)
     _tile_probe[(1, num_tiles)](groups.offsets, groups.num_experts, expert, rows, groups.padded_experts, block_m)
@@ -169,7 +172,7 @@ def test_more_row_tiles_than_a_grid_axis_takes_is_a_clear_error() -> None:
     groups = ExpertGroups.from_counts(torch.tensor([70_000]), 70_000)
     with pytest.raises(ValueError, match="70000 routed rows need more than 65535 tiles of 1"):
         groups.row_tiles(1)
-    assert groups.row_tiles(2) == 35_001
+    assert groups.row_tiles(2) == 35_000
 
 
 def test_route_softmax_over_k_in_float32() -> None:
