@@ -23,6 +23,19 @@ from torch import nn
 _COPIES: "weakref.WeakKeyDictionary[nn.Module, dict[str, torch.Tensor]]" = weakref.WeakKeyDictionary()
 
 
+def _other_dtype(model: nn.Module) -> dict[str, nn.Parameter]:
+    """`model`'s trainable float parameters whose dtype is not its compute dtype (that of its output embedding)."""
+    dtype = model.get_output_embeddings().weight.dtype
+    return {name: p for name, p in model.named_parameters()
+            if p.requires_grad and p.is_floating_point() and p.dtype != dtype}
+
+
+def samples_other_numbers(model: nn.Module) -> bool:
+    """Whether `adapters_in_model_dtype` changes `model`'s LoRA factors: its rollouts then sample from slightly other
+    numbers than the training forward computes, which TRL's importance-sampling correction accounts for."""
+    return bool(_other_dtype(model))
+
+
 @contextmanager
 def adapters_in_model_dtype(model: nn.Module) -> Iterator[None]:
     """Within: `model`'s trainable float parameters hold copies in the dtype of its output embedding (its compute
@@ -30,12 +43,10 @@ def adapters_in_model_dtype(model: nn.Module) -> Iterator[None]:
     dtype = model.get_output_embeddings().weight.dtype
     copies = _COPIES.setdefault(model, {})
     masters: dict[str, torch.Tensor] = {}
-    params = dict(model.named_parameters())
+    params = _other_dtype(model)
     try:
         with torch.no_grad():
             for name, param in params.items():
-                if not (param.requires_grad and param.is_floating_point() and param.dtype != dtype):
-                    continue
                 copy = copies.get(name)
                 if copy is None or copy.shape != param.shape or copy.device != param.device:
                     copy = copies[name] = torch.empty_like(param, dtype=dtype)

@@ -29,6 +29,7 @@ from oss_grpo.rl.nf4 import adapters_to_fp32
 from oss_grpo.rl.policy import load_policy, lora_config
 from oss_grpo.rl.rollout import Rollout
 from oss_grpo.rl.samples import SAMPLES_FILE, SampleTable
+from oss_grpo.rl.sampling_adapters import samples_other_numbers
 from oss_grpo.rl.tasks import TURN_BASED, task_builder
 from oss_grpo.rl.weight_sync import attach
 
@@ -151,8 +152,9 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
         # TRL syncs it after each optimizer step; a server is synced before the first rollout too (it may hold
         # another run's weights), the colocated engine was just built from these.
         attach(trainer, engine, config.constrain_to_actions, loaded=backend == "vllm")
-    elif config.compile_generation:
-        attach(trainer, None, config.constrain_to_actions)  # the policy's own weights, computed differently
+    elif config.compile_generation or samples_other_numbers(trainer.model):
+        # the policy's own weights, computed differently: by a compiled decode, or with the LoRA factors in bf16
+        attach(trainer, None, config.constrain_to_actions)
     if checkpoint:
         log.info("resuming from %s", checkpoint)
     try:

@@ -89,15 +89,18 @@ def test_compile_generation_needs_the_transformers_generator(tmp_path: Path) -> 
 def test_compiled_generation_turns_on_the_sampling_correction(tmp_path: Path, repo: Path) -> None:
     """`compile_generation` samples from the policy's own weights through other kernels (a GPU compiles the decode),
     so TRL's importance-sampling correction is on, as for vLLM: it logs the gap between the sampler's and the
-    trainer's log-probs, here (CPU: a static cache, nothing compiled) of rounding size. Off, nothing is logged."""
+    trainer's log-probs, here (CPU: a static cache, nothing compiled) of rounding size. Off, nothing is logged; but
+    a bf16 policy samples with its float32 LoRA factors in bf16 (rl/sampling_adapters.py), so the correction is on."""
     rows = {}
-    for compiled in (True, False):
+    for compiled, dtype in ((True, "float32"), (False, "float32"), (False, "bfloat16")):
         config = load_config(repo / "configs/2048-tiny.yaml", [
             f"compile_generation={str(compiled).lower()}", "constrain_to_actions=false", "prompts_per_step=2",
-            "num_tasks=4", "max_steps=1", "save_steps=1", f"output_dir={tmp_path / str(compiled)}"])
-        rows[compiled] = read_metrics(train(config))[0]
-    assert 0.0 <= rows[True]["sampler_logp_diff_max"] < 1e-3
-    assert "sampler_logp_diff_max" not in rows[False]
+            "num_tasks=4", "max_steps=1", "save_steps=1", f"dtype={dtype}",
+            f"output_dir={tmp_path / f'{compiled}-{dtype}'}"])
+        rows[compiled, dtype] = read_metrics(train(config))[0]
+    assert 0.0 <= rows[True, "float32"]["sampler_logp_diff_max"] < 1e-3
+    assert "sampler_logp_diff_max" not in rows[False, "float32"]
+    assert rows[False, "bfloat16"]["sampler_logp_diff_max"] >= 0.0
 
 
 def test_each_metrics_line_carries_its_own_steps_gpu_peak(tmp_path, monkeypatch) -> None:
