@@ -22,6 +22,7 @@ experts, PEFT LoRA r16 on attention and experts, as the step trains it):
     profile-kernels   the same compiled without CUDA graphs (mode "default"), which the profiler sees as one
               launch: here each of the graph's kernels is listed (Inductor names them after the ops they fuse)
     syncs     host synchronisations per decode step (torch.cuda.set_sync_debug_mode), each with its Python line
+    syncs-compiled  the same for the compiled decode (its graphs recorded first): what stalls it between steps
     parity    ours against the bf16 baseline model (same weights) on one random batch, with transformers' bf16 router
               and with our float32 router put into the baseline, and those two baselines against each other: the
               model's own sensitivity to rounding, which the gap between ours and the baseline is judged against
@@ -92,9 +93,13 @@ def profile(model, prompt_ids: torch.Tensor, settings: Settings, tokens: int = 8
             "by_gpu": table["self_device_time_total"], "by_cpu": table["self_cpu_time_total"]}
 
 
-def syncs(model, prompt_ids: torch.Tensor, settings: Settings) -> dict:
-    """Host synchronisations of a 3-token eager generation, counted by Python line."""
-    short = dataclasses.replace(settings, new_tokens=3, compile=False)
+def syncs(model, prompt_ids: torch.Tensor, settings: Settings, tokens: int = 3) -> dict:
+    """Host synchronisations of a `tokens`-token generation (eager, or compiled with `settings.compile`: compiled and
+    its CUDA graphs recorded at that length first), counted by Python line. Each one drains the GPU's queue: the GPU
+    then idles while the host prepares and launches the next step."""
+    short = dataclasses.replace(settings, new_tokens=tokens)
+    if short.compile:
+        generate(model, prompt_ids, short)
     torch.cuda.set_sync_debug_mode("warn")
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -107,7 +112,8 @@ def syncs(model, prompt_ids: torch.Tensor, settings: Settings) -> dict:
         if "synchroniz" in str(w.message):
             where = f"{w.filename.split('site-packages/')[-1]}:{w.lineno}"
             lines[where] = lines.get(where, 0) + 1
-    return {"per_3_tokens": sum(lines.values()), "by_line": dict(sorted(lines.items(), key=lambda kv: -kv[1]))}
+    return {"tokens": tokens, "syncs": sum(lines.values()),
+            "by_line": dict(sorted(lines.items(), key=lambda kv: -kv[1]))}
 
 
 class ForcedTokens(LogitsProcessor):
@@ -218,7 +224,9 @@ def measure_generation(shape, device: torch.device, settings: Settings, parts: l
                 results[part] = profile(model, prompt_ids, dataclasses.replace(settings, compile=True), tokens=64,
                                         rows=200, compile_config=CompileConfig(mode="default"))
             elif part == "syncs" and device.type == "cuda":
-                results[part] = syncs(model, prompt_ids, settings)
+                results[part] = syncs(model, prompt_ids, dataclasses.replace(settings, compile=False))
+            elif part == "syncs-compiled" and device.type == "cuda":
+                results[part] = syncs(model, prompt_ids, dataclasses.replace(settings, compile=True), tokens=16)
         except Exception as err:  # a bench part that fails is reported, and the others still run
             results[part] = {"error": f"{type(err).__name__}: {err}"[:2000]}
         if part in results:
