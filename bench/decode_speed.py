@@ -17,7 +17,8 @@ experts, PEFT LoRA r16 on attention and experts, as the step trains it):
               tokens cannot tell: a random model's distribution is nearly uniform over 201k tokens, so noise of
               bf16 size moves an inverse-CDF draw to another token)
     profile   torch.profiler over a short eager generation: the ops with the most GPU time and the most host time,
-              and the GPU's busy fraction (kernel time over wall time): far under 1 means the host is the bottleneck
+              and the GPU's busy fraction (kernel time over wall time): far under 1 means the host is the bottleneck;
+              `gpu_idle_fraction` is the share of wall time in which no kernel ran (the union of their intervals)
     profile-compiled  the same over 64 tokens of the compiled decode: which kernels its time goes to
     profile-kernels   the same compiled without CUDA graphs (mode "default"), which the profiler sees as one
               launch: here each of the graph's kernels is listed (Inductor names them after the ops they fuse)
@@ -40,6 +41,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from torch.autograd import DeviceType
 from transformers import CompileConfig, LogitsProcessor, LogitsProcessorList
 
 from bench_model import SHAPES, Settings, as_policy, build_model, generate, random_ids, warm_up_settings
@@ -68,6 +70,20 @@ def speed(model, prompt_ids: torch.Tensor, settings: Settings) -> dict:
             "first_tokens": sequences[:, prompt_ids.shape[1] : prompt_ids.shape[1] + 8].tolist()}
 
 
+def gpu_busy_seconds(events) -> float:
+    """Seconds in which at least one GPU kernel or copy ran: the union of their intervals. Summing the ops' GPU times
+    instead counts a CUDA graph's kernels twice (under the graph's entry and on their own), and cannot show the gaps in
+    which the GPU waits for the host."""
+    spans = sorted((e.time_range.start, e.time_range.end) for e in events
+                   if e.device_type == DeviceType.CUDA and not e.is_user_annotation)
+    busy, reached = 0.0, float("-inf")
+    for start, end in spans:
+        if end > reached:
+            busy += end - max(start, reached)
+            reached = end
+    return busy / 1e6
+
+
 def profile(model, prompt_ids: torch.Tensor, settings: Settings, tokens: int = 8, rows: int = 12, **kwargs) -> dict:
     """Top ops by GPU time and by host time over a short generation of `tokens` (eager, or compiled with
     `settings.compile`: compiled and its CUDA graphs recorded at that length first), and the GPU's busy fraction;
@@ -81,6 +97,7 @@ def profile(model, prompt_ids: torch.Tensor, settings: Settings, tokens: int = 8
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if prompt_ids.is_cuda else [])
     with torch_profile(activities=activities) as prof:
         _, seconds = timed_generate(model, prompt_ids, short, **kwargs)
+    busy_union = gpu_busy_seconds(prof.events())
     events = prof.key_averages()
     busy = sum(e.self_device_time_total for e in events) / 1e6
     table = {key: [{"op": e.key[:100], "calls": e.count, "self_gpu_ms": e.self_device_time_total / 1e3,
@@ -88,7 +105,8 @@ def profile(model, prompt_ids: torch.Tensor, settings: Settings, tokens: int = 8
                    for e in sorted(events, key=lambda e: -getattr(e, key))[:rows]]
              for key in ("self_device_time_total", "self_cpu_time_total")}
     ops = sum(e.count for e in events if e.key.startswith("aten::"))
-    return {"wall_s": seconds, "gpu_busy_s": busy, "busy_fraction": busy / seconds, "tokens": short.new_tokens,
+    return {"wall_s": seconds, "gpu_busy_s": busy, "busy_fraction": busy / seconds, "gpu_busy_union_s": busy_union,
+            "gpu_idle_fraction": 1 - busy_union / seconds, "tokens": short.new_tokens,
             "aten_calls_per_token": ops / short.new_tokens,
             "by_gpu": table["self_device_time_total"], "by_cpu": table["self_cpu_time_total"]}
 
