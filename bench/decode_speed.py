@@ -10,6 +10,8 @@ experts, PEFT LoRA r16 on attention and experts, as the step trains it):
     eager     transformers `generate`, static KV cache, no compilation (what the step ran)
     compile   the same with transformers' own compilation of the decode step (torch.compile, mode
               "reduce-overhead": CUDA graphs); warmed up once at the same length, so compiling is not timed
+    compile-deferred-stop  the same with transformers' DeferredStopCheck, which reads the stop flag a step late
+              instead of synchronising after every token (transformers enables it on mps only)
     compile-fp32-lora  the same with the LoRA factors in float32 while sampling (every part but this one samples
               with them in the model's dtype, as the trainer's generator does: rl/sampling_adapters.py)
     forced    whether the compiled decode computes what eager does: both generate the same random tokens, forced
@@ -38,11 +40,14 @@ import dataclasses
 import json
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from torch.autograd import DeviceType
 from transformers import CompileConfig, LogitsProcessor, LogitsProcessorList
+from transformers.generation.utils import DeferredStopCheck
 
 from bench_model import SHAPES, Settings, as_policy, build_model, generate, random_ids, warm_up_settings
 from oss_grpo.rl.moe import use_fp32_routers
@@ -82,6 +87,22 @@ def gpu_busy_seconds(events) -> float:
             busy += end - max(start, reached)
             reached = end
     return busy / 1e6
+
+
+@contextmanager
+def deferred_stop_check() -> Iterator[None]:
+    """transformers' `DeferredStopCheck` on any device: `generate` then reads whether every row has stopped one step
+    late, from a copy made without blocking, instead of reading `unfinished_sequences.max() == 0` after each token,
+    a synchronisation that leaves the GPU idle while the host prepares the next step. transformers enables it on
+    Apple's mps devices only ("we should enable it for cuda if we observe perf gains"); this measures that gain."""
+    original = DeferredStopCheck.__dict__["is_supported"]
+    DeferredStopCheck.is_supported = staticmethod(
+        lambda device, cache, cache_is_returned, is_assistant: not is_assistant
+        and (cache is None or cache.is_croppable or not cache_is_returned))
+    try:
+        yield
+    finally:
+        DeferredStopCheck.is_supported = original
 
 
 def profile(model, prompt_ids: torch.Tensor, settings: Settings, tokens: int = 8, rows: int = 12, **kwargs) -> dict:
@@ -225,6 +246,9 @@ def measure_generation(shape, device: torch.device, settings: Settings, parts: l
                 results[part] = speed(model, prompt_ids, settings)
             elif part == "compile":
                 results[part] = speed(model, prompt_ids, dataclasses.replace(settings, compile=True))
+            elif part == "compile-deferred-stop" and device.type == "cuda":  # CPU tensors have no events
+                with deferred_stop_check():
+                    results[part] = speed(model, prompt_ids, dataclasses.replace(settings, compile=True))
             elif part == "compile-fp32-lora":  # the baseline of rl/sampling_adapters.py
                 # Dynamo does not guard the parameters' dtype (it assumes a module's parameters stay as they are), so
                 # a decode compiled with the factors in one dtype is dropped before and after this part.
@@ -252,6 +276,9 @@ def measure_generation(shape, device: torch.device, settings: Settings, parts: l
     if "first_tokens" in results.get("eager", {}) and "first_tokens" in results.get("compile", {}):
         rows = zip(results["eager"]["first_tokens"], results["compile"]["first_tokens"])
         save("compile_rows_matching_eager_first_8_tokens", sum(a == b for a, b in rows) / settings.batch)
+    if "first_tokens" in results.get("compile-deferred-stop", {}) and "first_tokens" in results.get("compile", {}):
+        save("deferred_stop_samples_the_same_tokens",  # same seed, same draws: the check's timing changes nothing else
+             results["compile-deferred-stop"]["first_tokens"] == results["compile"]["first_tokens"])
     del model
     if device.type == "cuda":
         torch.cuda.empty_cache()
