@@ -8,10 +8,13 @@ docs/BENCHMARKS.md). vLLM samples with bf16 LoRA too, and
 the trainer scores every sampled token with its own forward, so the rounding of the factors (bf16: 2^-9 relative)
 only moves the sampling distribution as much as vLLM's does.
 
-`adapters_in_model_dtype(model)` is a context in which every trainable float parameter holds a copy of its float32
-values in the model's dtype, refreshed from the float32 masters on entry; on exit the masters are back, untouched.
-Each copy is one buffer kept for the model's lifetime, so a compiled decode finds its parameters at the same
-addresses on every call (its CUDA graphs hold those addresses). A float32 model (CPU) is left as it is.
+`adapters_in_model_dtype(model)` is a context in which every trainable float parameter of an `nn.Linear` (PEFT's
+LoRA factors on attention) holds a copy of its float32 values in the model's dtype, refreshed from the float32
+masters on entry; on exit the masters are back, untouched. Each copy is one buffer kept for the model's lifetime, so a
+compiled decode finds its parameters at the same addresses on every call (its CUDA graphs hold those addresses). The
+experts' LoRA factors (rl/moe_lora.py) are left in float32: our grouped kernels round them to bf16 as they load them,
+so they run no float32 GEMM, and bf16 copies of them would hold 354 MB more on gpt-oss-20b at rank 16. A float32
+model (CPU) is left as it is.
 """
 
 import weakref
@@ -25,9 +28,11 @@ _COPIES: "weakref.WeakKeyDictionary[nn.Module, dict[str, torch.Tensor]]" = weakr
 
 
 def _other_dtype(model: nn.Module) -> dict[str, nn.Parameter]:
-    """`model`'s trainable float parameters whose dtype is not its compute dtype (that of its output embedding)."""
+    """The trainable float parameters of `model`'s `nn.Linear`s whose dtype is not its compute dtype (that of its
+    output embedding)."""
     dtype = model.get_output_embeddings().weight.dtype
-    return {name: p for name, p in model.named_parameters()
+    return {f"{module_name}.{name}": p for module_name, module in model.named_modules() if isinstance(module, nn.Linear)
+            for name, p in module.named_parameters(recurse=False)
             if p.requires_grad and p.is_floating_point() and p.dtype != dtype}
 
 
@@ -39,8 +44,8 @@ def samples_other_numbers(model: nn.Module) -> bool:
 
 @contextmanager
 def adapters_in_model_dtype(model: nn.Module) -> Iterator[None]:
-    """Within: `model`'s trainable float parameters hold copies in the dtype of its output embedding (its compute
-    dtype). No gradient may be taken within (the copies are not what the optimizer steps)."""
+    """Within: the trainable float parameters of `model`'s `nn.Linear`s hold copies in the dtype of its output
+    embedding (its compute dtype). No gradient may be taken within (the copies are not what the optimizer steps)."""
     dtype = model.get_output_embeddings().weight.dtype
     copies = _COPIES.setdefault(model, {})
     masters: dict[str, torch.Tensor] = {}

@@ -8,6 +8,8 @@ from oss_grpo.rl.errors import GeneratorError
 from oss_grpo.rl.generator import Sampling
 from oss_grpo.rl.harmony import harmony_tokenizer, render_prompt_ids, stop_token_ids
 from oss_grpo.rl.hf_generator import WIDTH_STEP, SeededRowSampling, TransformersGenerator, row_uniforms
+from oss_grpo.rl.moe import swap_experts
+from oss_grpo.rl.moe_lora import with_expert_lora
 from oss_grpo.rl.tiny_model import build_tiny_model
 
 
@@ -105,12 +107,17 @@ def test_nan_logits_stop_the_generation_with_an_error_naming_the_rows(generator:
 
 
 def test_lora_samples_in_the_model_dtype_and_trains_in_float32() -> None:
-    """A bf16 policy's float32 LoRA factors are bf16 while it samples, so PEFT runs bf16 GEMMs there and not float32
-    ones; each in one buffer kept across calls (a compiled decode's graphs hold its address), refreshed from the
-    float32 masters, which come back untouched."""
-    model = get_peft_model(build_tiny_model(seed=3, dtype=torch.bfloat16),
-                           LoraConfig(r=4, target_modules=["q_proj", "v_proj"], lora_dropout=0.0))
+    """A bf16 policy's float32 LoRA factors on attention are bf16 while it samples, so PEFT runs bf16 GEMMs there and
+    not float32 ones; each in one buffer kept across calls (a compiled decode's graphs hold its address), refreshed
+    from the float32 masters, which come back untouched. The experts' factors stay float32 (our kernels round them as
+    they load them)."""
+    lora = with_expert_lora(LoraConfig(r=4, target_modules=["q_proj", "v_proj", "experts"], lora_dropout=0.0))
+    model = get_peft_model(swap_experts(build_tiny_model(seed=3, dtype=torch.bfloat16)), lora)
     trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    experts = model.base_model.model.model.layers[0].mlp.experts
+    expert_factors = [experts.lora_A["default"]["gate_up_proj"], experts.lora_B["default"]["down_proj"]]
+    experts.register_forward_pre_hook(lambda m, args: seen_experts.append([f.dtype for f in expert_factors]))
+    seen_experts = []
     with torch.no_grad():
         for p in trainable.values():
             assert p.dtype == torch.float32  # what PEFT makes for a bf16 model (and rl/nf4.py for a 4-bit one)
@@ -127,6 +134,7 @@ def test_lora_samples_in_the_model_dtype_and_trains_in_float32() -> None:
     generator.generate(prompts, Sampling(max_tokens=3, seed=1))
     assert seen and all(w.dtype == torch.bfloat16 and x == torch.bfloat16 for w, _, x in seen)
     assert all(torch.equal(w, q_a.detach().to(torch.bfloat16)) for w, _, _ in seen)
+    assert seen_experts and all(dtypes == [torch.float32, torch.float32] for dtypes in seen_experts)
     for name, p in trainable.items():
         assert p.dtype == torch.float32 and p.data_ptr() == masters[name][0] and torch.equal(p, masters[name][1])
 
