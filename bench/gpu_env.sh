@@ -3,10 +3,12 @@
 #     run(command="source bench/gpu_env.sh && python3 bench/full_step.py --json $OUT/full_step.json",
 #         carry=[".bstage/whl"], timeout_s=600)
 #
-# The GPU image lacks TRL (and the datasets, dill and multiprocess that trl.trainer.utils imports), openai-harmony
-# and bitsandbytes: they come from the py3.12 wheels in $WHEELS (default .bstage/whl, git-ignored, named in `carry`),
-# installed without deps into /tmp/site in a few seconds. This checkout is linked as `oss_grpo` in /tmp/shim. The
-# GPU's name, memory and clocks go to $OUT/gpu.txt (OUT defaults to /tmp/bench_out off the device tool).
+# The GPU image lacks TRL (and the datasets, dill and multiprocess that trl.trainer.utils imports), openai-harmony,
+# bitsandbytes and gymnasium (with farama-notifications: rl/config.py imports the environments, so every bench that
+# builds a TrainConfig needs it): they come from the py3.12 wheels in $WHEELS (default .bstage/whl, git-ignored,
+# named in `carry`), installed without deps into /tmp/site in a few seconds. This checkout is linked as `oss_grpo`
+# in /tmp/shim. The GPU's name, memory and clocks go to $OUT/gpu.txt (OUT defaults to /tmp/bench_out off the device
+# tool).
 WHEELS=${WHEELS:-.bstage/whl}
 OUT=${OUT:-/tmp/bench_out}
 mkdir -p "$OUT" /tmp/shim
