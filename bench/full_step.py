@@ -236,6 +236,9 @@ def run_mode(shape: ModelShape, mode: str, settings: Settings, device: torch.dev
     the MXFP4 path at full size).
     """
     result: dict = {"mode": mode, "weights_estimate_gib": weights_estimate(shape, mode) / GIB}
+    # The baseline samples as TRL + PEFT do, with its float32 LoRA factors; ours as our generator does, with bf16
+    # copies of attention's (rl/sampling_adapters.py).
+    settings = dataclasses.replace(settings, fp32_sampling_adapters=mode == "baseline")
     if device.type == "cuda" and weights_estimate(shape, mode) > torch.cuda.get_device_properties(device).total_memory:
         result["skipped"] = f"weights alone need {result['weights_estimate_gib']:.1f} GiB: more than this GPU holds"
         return result
