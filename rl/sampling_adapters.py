@@ -4,9 +4,9 @@ The factors are float32 so that AdamW's small steps are not lost (rl/nf4.py, `ad
 each attention projection's input to float32 and runs x A^T and (x A^T) B^T as float32 GEMMs. Sampling does not
 need that: at a batch-32 decode step of gpt-oss-20b on an H100 those are 8 float32 GEMMs a layer (192 a token, with
 their split-K reductions), and sampling with bf16 copies decodes 1.09x faster (20.7 -> 19.1 ms a token, compiled,
-docs/BENCHMARKS.md). vLLM samples with bf16 LoRA too, and
-the trainer scores every sampled token with its own forward, so the rounding of the factors (bf16: 2^-9 relative)
-only moves the sampling distribution as much as vLLM's does.
+docs/BENCHMARKS.md). vLLM samples with bf16 LoRA too, and the trainer scores every sampled token with its own
+forward, so the rounding of the factors (bf16: 2^-9 relative) only moves the sampling distribution as much as vLLM's
+does.
 
 `adapters_in_model_dtype(model)` is a context in which every trainable float parameter of an `nn.Linear` (PEFT's
 LoRA factors on attention) holds a copy of its float32 values in the model's dtype, refreshed from the float32
@@ -27,10 +27,13 @@ from torch import nn
 _COPIES: "weakref.WeakKeyDictionary[nn.Module, dict[str, torch.Tensor]]" = weakref.WeakKeyDictionary()
 
 
-def _other_dtype(model: nn.Module) -> dict[str, nn.Parameter]:
-    """The trainable float parameters of `model`'s `nn.Linear`s whose dtype is not its compute dtype (that of its
-    output embedding)."""
-    dtype = model.get_output_embeddings().weight.dtype
+def _compute_dtype(model: nn.Module) -> torch.dtype:
+    """`model`'s compute dtype: that of its output embedding."""
+    return model.get_output_embeddings().weight.dtype
+
+
+def _other_dtype(model: nn.Module, dtype: torch.dtype) -> dict[str, nn.Parameter]:
+    """The trainable float parameters of `model`'s `nn.Linear`s whose dtype is not `dtype`."""
     return {f"{module_name}.{name}": p for module_name, module in model.named_modules() if isinstance(module, nn.Linear)
             for name, p in module.named_parameters(recurse=False)
             if p.requires_grad and p.is_floating_point() and p.dtype != dtype}
@@ -39,17 +42,17 @@ def _other_dtype(model: nn.Module) -> dict[str, nn.Parameter]:
 def samples_other_numbers(model: nn.Module) -> bool:
     """Whether `adapters_in_model_dtype` changes `model`'s LoRA factors: its rollouts then sample from slightly other
     numbers than the training forward computes, which TRL's importance-sampling correction accounts for."""
-    return bool(_other_dtype(model))
+    return bool(_other_dtype(model, _compute_dtype(model)))
 
 
 @contextmanager
 def adapters_in_model_dtype(model: nn.Module) -> Iterator[None]:
     """Within: the trainable float parameters of `model`'s `nn.Linear`s hold copies in the dtype of its output
     embedding (its compute dtype). No gradient may be taken within (the copies are not what the optimizer steps)."""
-    dtype = model.get_output_embeddings().weight.dtype
+    dtype = _compute_dtype(model)
     copies = _COPIES.setdefault(model, {})
     masters: dict[str, torch.Tensor] = {}
-    params = _other_dtype(model)
+    params = _other_dtype(model, dtype)
     try:
         with torch.no_grad():
             for name, param in params.items():

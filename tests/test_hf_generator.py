@@ -116,8 +116,8 @@ def test_lora_samples_in_the_model_dtype_and_trains_in_float32() -> None:
     trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
     experts = model.base_model.model.model.layers[0].mlp.experts
     expert_factors = [experts.lora_A["default"]["gate_up_proj"], experts.lora_B["default"]["down_proj"]]
-    experts.register_forward_pre_hook(lambda m, args: seen_experts.append([f.dtype for f in expert_factors]))
     seen_experts = []
+    experts.register_forward_pre_hook(lambda m, args: seen_experts.append([f.dtype for f in expert_factors]))
     with torch.no_grad():
         for p in trainable.values():
             assert p.dtype == torch.float32  # what PEFT makes for a bf16 model (and rl/nf4.py for a 4-bit one)
