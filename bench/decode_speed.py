@@ -12,6 +12,11 @@ experts, PEFT LoRA r16 on attention and experts, as the step trains it):
               "reduce-overhead": CUDA graphs); warmed up once at the same length, so compiling is not timed
     compile-deferred-stop  the same with transformers' DeferredStopCheck, which reads the stop flag a step late
               instead of synchronising after every token (transformers enables it on mps only)
+    graphed   the trainer's compiled decoder (rl/graphed_decode.py, config `compile_generation`): each decode step, the
+              seeded draw included, one CUDA graph of Inductor's code, replayed without Python in between; its
+              graph recorded at the same length first. Against `compile` in the same process: the same forward
+              and cache, the loop around it ours
+    graphed-eager  the same decoder recording PyTorch's eager kernels (no Inductor): what the graph alone gives
     compile-fp32-lora  the same with the LoRA factors in float32 while sampling (every part but this one samples
               with them in the model's dtype, as the trainer's generator does: rl/sampling_adapters.py)
     forced    whether the compiled decode computes what eager does: both generate the same random tokens, forced
@@ -50,7 +55,11 @@ from transformers import CompileConfig, LogitsProcessor, LogitsProcessorList
 from transformers.generation.utils import DeferredStopCheck
 
 from bench_model import SHAPES, Settings, as_policy, build_model, generate, random_ids, warm_up_settings
+from oss_grpo.rl.generator import Sampling
+from oss_grpo.rl.graphed_decode import GraphedDecoder
 from oss_grpo.rl.moe import use_fp32_routers
+from oss_grpo.rl.sampling_adapters import adapters_in_model_dtype
+from oss_grpo.rl.seeded_sampling import row_uniforms
 
 
 def timed_generate(model, prompt_ids: torch.Tensor, settings: Settings, **kwargs) -> tuple[torch.Tensor, float]:
@@ -73,6 +82,23 @@ def speed(model, prompt_ids: torch.Tensor, settings: Settings) -> dict:
     return {"seconds": seconds, "tokens_per_s_per_sequence": settings.new_tokens / seconds,
             "ms_per_token": 1e3 * seconds / settings.new_tokens,
             "first_tokens": sequences[:, prompt_ids.shape[1] : prompt_ids.shape[1] + 8].tolist()}
+
+
+def graphed_speed(model, prompt_ids: torch.Tensor, settings: Settings, compile: bool) -> dict:
+    """`speed` for rl/graphed_decode.py's decoder (no stop tokens: every row runs `new_tokens`), its graph recorded
+    by a first call at the same length."""
+    decoder = GraphedDecoder(model, stop_ids=[], compile=compile)
+    uniforms = row_uniforms(list(range(settings.batch)), settings.new_tokens).to(prompt_ids.device)
+    mask, sampling = torch.ones_like(prompt_ids), Sampling(max_tokens=settings.new_tokens)
+    with adapters_in_model_dtype(model):  # as the generator samples
+        decoder.decode(prompt_ids, mask, uniforms, sampling)
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        tokens, _, _ = decoder.decode(prompt_ids, mask, uniforms, sampling)
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "tokens_per_s_per_sequence": settings.new_tokens / seconds,
+            "ms_per_token": 1e3 * seconds / settings.new_tokens, "first_tokens": tokens[:, :8].tolist()}
 
 
 def gpu_busy_seconds(events) -> float:
@@ -249,6 +275,8 @@ def measure_generation(shape, device: torch.device, settings: Settings, parts: l
             elif part == "compile-deferred-stop" and device.type == "cuda":  # CPU tensors have no events
                 with deferred_stop_check():
                     results[part] = speed(model, prompt_ids, dataclasses.replace(settings, compile=True))
+            elif part in ("graphed", "graphed-eager") and device.type == "cuda":
+                results[part] = graphed_speed(model, prompt_ids, settings, compile=part == "graphed")
             elif part == "compile-fp32-lora":  # the baseline of rl/sampling_adapters.py
                 # Dynamo does not guard the parameters' dtype (it assumes a module's parameters stay as they are), so
                 # a decode compiled with the factors in one dtype is dropped before and after this part.

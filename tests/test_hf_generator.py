@@ -6,8 +6,10 @@ from peft import LoraConfig, get_peft_model
 
 from oss_grpo.rl.errors import GeneratorError
 from oss_grpo.rl.generator import Sampling
+from oss_grpo.rl.graphed_decode import CHECK_EVERY, GraphedDecoder
 from oss_grpo.rl.harmony import harmony_tokenizer, render_prompt_ids, stop_token_ids
-from oss_grpo.rl.hf_generator import WIDTH_STEP, SeededRowSampling, TransformersGenerator, row_uniforms
+from oss_grpo.rl.hf_generator import WIDTH_STEP, TransformersGenerator
+from oss_grpo.rl.seeded_sampling import SeededRowSampling, row_uniforms
 from oss_grpo.rl.moe import swap_experts
 from oss_grpo.rl.moe_lora import with_expert_lora
 from oss_grpo.rl.tiny_model import build_tiny_model
@@ -37,28 +39,68 @@ def test_a_completion_depends_on_its_seed_not_on_its_batch(generator: Transforme
     assert [c.completion_ids for c in again] != [c.completion_ids for c in whole]  # the seed does matter
 
 
-def test_the_compiled_layout_samples_what_eager_does(generator: TransformersGenerator, monkeypatch) -> None:
-    """`compiled` (config compile_generation) pads prompts to WIDTH_STEP tokens and rows to `batch_size`, so a GPU's
-    compiled decode sees one shape, and uses a static KV cache. On the CPU, where transformers compiles nothing, that
-    layout must sample exactly what the plain one does."""
-    prompts = [render_prompt_ids([{"role": "user", "content": text}], reasoning_effort="low")
-               for text in ("Your move?", "Board: 2 4 8 16, your move?", "Hi")]
-    plain = generator.generate(prompts, Sampling(max_tokens=6, seed=10))
+def test_the_graphed_decoder_samples_what_generate_does(generator: TransformersGenerator, monkeypatch) -> None:
+    """`compiled` (config compile_generation) decodes with rl/graphed_decode.py (its own masks, positions and cache
+    bookkeeping; a CUDA graph per step on a GPU, the same step run eagerly here) over prompts padded to WIDTH_STEP
+    tokens and rows padded to `batch_size`: it must sample exactly what `generate` does, warpers included, with its
+    buffers reused by the second call. The prompts' padding reaches into the sliding window (32 tokens) of the
+    first steps, for one row to its last slot."""
+    prompts = [list(range(100, 105)), list(range(200, 296)), list(range(300, 400))]
+    samplings = (Sampling(max_tokens=40, seed=10), Sampling(max_tokens=40, seed=3, temperature=0.7, top_k=50, top_p=0.9))
+    plain = [generator.generate(prompts, sampling) for sampling in samplings]
     compiled = TransformersGenerator(generator.model, generator.stop_ids, generator.pad_id, batch_size=5,
                                      compiled=True)
-    calls = []
-    real_generate = generator.model.generate
+    steps = []
+    real_step = compiled.decoder._decode_step
+    monkeypatch.setattr(compiled.decoder, "_decode_step", lambda warps: steps.append(1) or real_step(warps))
+    monkeypatch.setattr(generator.model, "generate", lambda **kwargs: pytest.fail("generate was called"))
+    for sampling, expected in zip(samplings, plain):
+        steps.clear()
+        got = compiled.generate(prompts, sampling)
+        assert len(steps) == 39 and compiled.decoder.shape == (5, WIDTH_STEP, 40)
+        assert [c.completion_ids for c in got] == [c.completion_ids for c in expected]
+        for a, b in zip(got, expected):
+            assert a.prompt_ids == b.prompt_ids and a.finish_reason == b.finish_reason
+            assert a.logprobs == pytest.approx(b.logprobs, abs=1e-5)
 
-    def spy(**kwargs):
-        calls.append((tuple(kwargs["input_ids"].shape), kwargs["generation_config"].cache_implementation))
-        return real_generate(**kwargs)
 
-    monkeypatch.setattr(generator.model, "generate", spy)
-    got = compiled.generate(prompts, Sampling(max_tokens=6, seed=10))
-    assert calls == [((5, WIDTH_STEP * -(-max(map(len, prompts)) // WIDTH_STEP)), "static")]
-    assert [c.completion_ids for c in got] == [c.completion_ids for c in plain]
-    for a, b in zip(got, plain):
-        assert a.prompt_ids == b.prompt_ids and a.logprobs == pytest.approx(b.logprobs, abs=1e-5)
+def test_the_graphed_decoder_stops_once_every_row_has(generator: TransformersGenerator) -> None:
+    """Every token a stop token: each row stops at its first, and the decoder reads the stop flags (one wait for the
+    GPU each) every CHECK_EVERY steps, so it stops there, not after all 40."""
+    decoder = GraphedDecoder(generator.model, stop_ids=list(range(generator.model.config.vocab_size)))
+    steps = []
+    real_step = decoder._decode_step
+    decoder._decode_step = lambda warps: steps.append(1) or real_step(warps)
+    prompts = torch.arange(2 * WIDTH_STEP).view(2, WIDTH_STEP)
+    tokens, logprobs, broken = decoder.decode(prompts, torch.ones_like(prompts), row_uniforms([1, 2], 40),
+                                              Sampling(max_tokens=40))
+    assert len(steps) == CHECK_EVERY and bool(decoder.buffers.done.all()) and not broken.any()
+    assert tokens.shape == logprobs.shape == (2, 40)
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_the_graphed_decoder_logprobs_are_the_full_forwards(device: str) -> None:
+    """What the trainer relies on: each sampled token's logprob is the one a plain forward over the whole sequence
+    gives it (to float32 rounding). On a GPU the decode steps are an Inductor-compiled CUDA graph over the MXFP4
+    experts' Triton kernels, recorded once and replayed: stale masks, positions or cache slots in the graph would
+    show here as other logprobs. Left padding reaches into the first steps' sliding window."""
+    model = swap_experts(build_tiny_model(seed=5)).to(device).eval()
+    decoder = GraphedDecoder(model, stop_ids=[])
+    lengths, width, new = [3, 60, 128], WIDTH_STEP, 48
+    prompts = torch.stack([torch.cat([torch.zeros(width - n, dtype=torch.long), torch.arange(1000, 1000 + n)])
+                           for n in lengths]).to(device)
+    mask = (torch.arange(width)[None, :] >= width - torch.tensor(lengths)[:, None]).long().to(device)
+    for seeds in ([1, 2, 3], [4, 5, 6]):  # the second call replays the graph recorded in the first
+        tokens, logprobs, _ = decoder.decode(prompts, mask, row_uniforms(seeds, new).to(device), Sampling())
+        ids, full_mask = torch.cat([prompts, tokens], 1), torch.cat([mask, torch.ones_like(tokens)], 1)
+        with torch.no_grad():
+            logits = model(input_ids=ids, attention_mask=full_mask,
+                           position_ids=(full_mask.cumsum(-1) - 1).clamp(min=0)).logits.float()
+        expected = logits[:, width - 1 : -1].log_softmax(-1).gather(-1, tokens[..., None])[..., 0]
+        torch.testing.assert_close(logprobs, expected, atol=1e-4, rtol=0)
 
 
 def test_seeded_rows_draw_from_the_processed_distribution() -> None:
