@@ -16,7 +16,6 @@ experts, PEFT LoRA r16 on attention and experts, as the step trains it):
               seeded draw included, one CUDA graph of Inductor's code, replayed without Python in between; its
               graph recorded at the same length first. Against `compile` in the same process: the same forward
               and cache, the loop around it ours
-    graphed-eager  the same decoder recording PyTorch's eager kernels (no Inductor): what the graph alone gives
     compile-fp32-lora  the same with the LoRA factors in float32 while sampling (every part but this one samples
               with them in the model's dtype, as the trainer's generator does: rl/sampling_adapters.py)
     forced    whether the compiled decode computes what eager does: both generate the same random tokens, forced
@@ -84,10 +83,10 @@ def speed(model, prompt_ids: torch.Tensor, settings: Settings) -> dict:
             "first_tokens": sequences[:, prompt_ids.shape[1] : prompt_ids.shape[1] + 8].tolist()}
 
 
-def graphed_speed(model, prompt_ids: torch.Tensor, settings: Settings, compile: bool) -> dict:
+def graphed_speed(model, prompt_ids: torch.Tensor, settings: Settings) -> dict:
     """`speed` for rl/graphed_decode.py's decoder (no stop tokens: every row runs `new_tokens`), its graph recorded
     by a first call at the same length."""
-    decoder = GraphedDecoder(model, stop_ids=[], compile=compile)
+    decoder = GraphedDecoder(model, stop_ids=[])
     uniforms = row_uniforms(list(range(settings.batch)), settings.new_tokens).to(prompt_ids.device)
     mask, sampling = torch.ones_like(prompt_ids), Sampling(max_tokens=settings.new_tokens)
     with adapters_in_model_dtype(model):  # as the generator samples
@@ -275,8 +274,8 @@ def measure_generation(shape, device: torch.device, settings: Settings, parts: l
             elif part == "compile-deferred-stop" and device.type == "cuda":  # CPU tensors have no events
                 with deferred_stop_check():
                     results[part] = speed(model, prompt_ids, dataclasses.replace(settings, compile=True))
-            elif part in ("graphed", "graphed-eager") and device.type == "cuda":
-                results[part] = graphed_speed(model, prompt_ids, settings, compile=part == "graphed")
+            elif part == "graphed" and device.type == "cuda":
+                results[part] = graphed_speed(model, prompt_ids, settings)
             elif part == "compile-fp32-lora":  # the baseline of rl/sampling_adapters.py
                 # Dynamo does not guard the parameters' dtype (it assumes a module's parameters stay as they are), so
                 # a decode compiled with the factors in one dtype is dropped before and after this part.

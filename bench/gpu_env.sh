@@ -3,7 +3,8 @@
 #     run(command="source bench/gpu_env.sh && python3 bench/full_step.py --json $OUT/full_step.json",
 #         carry=[".bstage/whl"], timeout_s=600)
 #
-# The GPU image lacks TRL (and the datasets, dill and multiprocess that trl.trainer.utils imports), openai-harmony,
+# The GPU image lacks TRL (and the datasets, dill and multiprocess that trl.trainer.utils imports), openai-harmony
+# (with pydantic, pydantic-core, annotated-types, typing-inspection and a newer typing-extensions),
 # bitsandbytes and gymnasium (with farama-notifications: rl/config.py imports the environments, so every bench that
 # builds a TrainConfig needs it): they come from the py3.12 wheels in $WHEELS (default .bstage/whl, git-ignored,
 # named in `carry`), installed without deps into /tmp/site in a few seconds. This checkout is linked as `oss_grpo`

@@ -7,8 +7,9 @@ up to ~3.5 ms of its 19 ms was a GPU waiting for the host (docs/BENCHMARKS.md, s
 
 Here the prefill runs eagerly, and all of a decode step works on buffers that stay in place: the model's forward over
 the cache, the warpers, the seeded draw, and the bookkeeping (the token and its logprob written at the step's column,
-the stop flags, the step counter). On a GPU that step is recorded once as a CUDA graph (Inductor-compiled first with
-`compile`) and replayed per token: the host only launches replays, and reads the stop flags every `CHECK_EVERY` steps.
+the stop flags, the step counter). On a GPU that step is compiled by Inductor (which also makes a constant of the
+tensor that transformers' window cache builds from a Python list each step, a host-to-device copy that a graph
+cannot record), recorded once as a CUDA graph and replayed per token: the host only launches replays, and reads the stop flags every `CHECK_EVERY` steps.
 On a CPU the same step runs eagerly (the tests compare it with `generate`).
 
 The attention masks are ours. transformers builds a decode step's masks from Python ints (the sliding-window layer's
@@ -52,8 +53,8 @@ class DecodeBuffers:
 class GraphedDecoder:
     """Samples after left-padded prompts; keeps the buffers (and graphs) of the last shape it decoded."""
 
-    def __init__(self, model: PreTrainedModel, stop_ids: list[int], compile: bool = True) -> None:
-        self.model, self.stop_ids, self.compile = model, stop_ids, compile
+    def __init__(self, model: PreTrainedModel, stop_ids: list[int]) -> None:
+        self.model, self.stop_ids = model, stop_ids
         self.shape: tuple[int, int, int] | None = None
         self.buffers: DecodeBuffers | None = None
         self.graphs: dict[tuple[float, int, float], torch.cuda.CUDAGraph] = {}
@@ -74,7 +75,7 @@ class GraphedDecoder:
         key = (sampling.temperature, sampling.top_k, sampling.top_p)
         if input_ids.is_cuda and new_tokens > WARM_UP_STEPS and key not in self.graphs:
             self._prefill(input_ids, attention_mask, uniforms, warps)
-            self.graphs[key] = self._record(partial(torch.compile(self._decode_step), warps) if self.compile else step)
+            self.graphs[key] = self._record(partial(torch.compile(self._decode_step), warps))
         if key in self.graphs:
             step = self.graphs[key].replay
         self._prefill(input_ids, attention_mask, uniforms, warps)

@@ -25,6 +25,7 @@ def warpers(sampling: Sampling) -> list[LogitsProcessor]:
             + ([TopPLogitsWarper(sampling.top_p)] if sampling.top_p < 1.0 else []))
 
 
+@torch.compiler.disable  # Inductor (torch 2.11) fails to generate the float64 scan over a 201k-wide row
 def seeded_draw(scores: torch.Tensor, uniforms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Each row's token by inverse CDF of softmax(`scores`) at its uniform in (0, 1]: (tokens, their logprobs, rows
     that have no distribution), each (B,). The logprob is that of the distribution the token was drawn from (the
