@@ -35,6 +35,10 @@ WARM_UP_STEPS = 3
 each step, so Dynamo compiles twice, the second time with it symbolic) and run the Triton kernels' first launches."""
 
 
+class GraphRecordingError(RuntimeError):
+    """Compiling or recording the decode step failed (the generator then decodes with transformers' `generate`)."""
+
+
 @dataclass
 class DecodeBuffers:
     """What a decode step reads and writes, at addresses that a recorded graph keeps. B rows, T new tokens."""
@@ -64,7 +68,8 @@ class GraphedDecoder:
                sampling: Sampling) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B, W) left-padded prompts and their mask, (B, T) uniforms -> (tokens, logprobs, broken): (B, T), (B, T),
         (B,). A row's columns after its stop token hold what it drew next (cut them); decoding ends early once every
-        row has stopped, leaving the later columns as they were."""
+        row has stopped, leaving the later columns as they were. The three are the decoder's own buffers: read them
+        before the next call."""
         window = self.model.config.sliding_window or 0
         if input_ids.shape[1] < window:
             raise ValueError(f"prompt width {input_ids.shape[1]} is under the sliding window ({window}): pad to it")
@@ -154,13 +159,17 @@ class GraphedDecoder:
 
     def _record(self, step: Callable[[], None]) -> torch.cuda.CUDAGraph:
         """`step` run WARM_UP_STEPS times on a side stream (PyTorch's recipe before recording), then recorded."""
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(WARM_UP_STEPS):
+        try:
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for _ in range(WARM_UP_STEPS):
+                    step()
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
                 step()
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            step()
+        except Exception as err:  # Dynamo, Inductor or the capture: a model or GPU this decoder was not checked on
+            raise GraphRecordingError(f"recording the decode step as a CUDA graph failed: {type(err).__name__}: "
+                                      f"{str(err)[:500]}") from err
         return graph

@@ -12,8 +12,11 @@ CUDA graph on a GPU (compiled by Inductor first). A graph serves only the shapes
 are left-padded to a multiple of `WIDTH_STEP` tokens (at least the sliding window) and the rows to `batch_size`
 (copies of the first prompt, dropped afterwards): the calls of a run repeat one shape, or a few where a multi-turn
 episode's prompts grow through several widths. Constrained decoding (`allowed`, whose constraint reads the tokens on
-the host every step) takes `generate` instead.
+the host every step) takes transformers' compiled `generate` instead, and so does every call after the decoder
+failed to record its graph (a warning says why): the way `compile_generation` decoded before the decoder.
 """
+
+import warnings
 
 import torch
 from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel
@@ -21,7 +24,7 @@ from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel
 from oss_grpo.rl.choice_constraint import ChoiceConstraint
 from oss_grpo.rl.errors import GeneratorError
 from oss_grpo.rl.generator import Completion, Sampling, prompt_seeds
-from oss_grpo.rl.graphed_decode import GraphedDecoder
+from oss_grpo.rl.graphed_decode import GraphedDecoder, GraphRecordingError
 from oss_grpo.rl.harmony import parse_completion
 from oss_grpo.rl.sampling_adapters import adapters_in_model_dtype
 from oss_grpo.rl.seeded_sampling import SeededRowSampling, row_uniforms, warpers
@@ -38,7 +41,7 @@ class TransformersGenerator:
                  compiled: bool = False) -> None:
         self.model, self.stop_ids, self.pad_id, self.batch_size = model, stop_ids, pad_id, batch_size
         self.compiled = compiled
-        self.decoder = GraphedDecoder(model, stop_ids)
+        self.decoder: GraphedDecoder | None = GraphedDecoder(model, stop_ids)
 
     def generate(
         self, prompts: list[list[int]], sampling: Sampling, allowed: list[list[int]] | None = None
@@ -69,10 +72,14 @@ class TransformersGenerator:
         input_ids = torch.tensor([[self.pad_id] * (width - len(p)) + p for p in prompts], device=device)  # left pad
         attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
         uniforms = row_uniforms(seeds, sampling.max_tokens).to(device)
-        if self.compiled and not allowed:
-            new_ids, logprobs, broken = self.decoder.decode(input_ids, attention_mask, uniforms, sampling)
-        else:
-            new_ids, logprobs, broken = self._generate(input_ids, attention_mask, uniforms, sampling, allowed)
+        decoded = None
+        if self.compiled and not allowed and self.decoder is not None:
+            try:
+                decoded = self.decoder.decode(input_ids, attention_mask, uniforms, sampling)
+            except GraphRecordingError as err:
+                warnings.warn(f"{err}; decoding with transformers' compiled `generate` from now on", stacklevel=2)
+                self.decoder = None
+        new_ids, logprobs, broken = decoded or self._generate(input_ids, attention_mask, uniforms, sampling, allowed)
         if broken.any():
             rows = broken[:real].nonzero().flatten().tolist()
             raise GeneratorError(
@@ -93,12 +100,13 @@ class TransformersGenerator:
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, uniforms: torch.Tensor, sampling: Sampling,
         allowed: list[list[int]] | None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """transformers `generate` with our processors: (new tokens, their logprobs, broken rows)."""
+        """transformers `generate` with our processors: (new tokens, their logprobs, broken rows). With `compiled`,
+        over a static cache, whose decode step transformers compiles on a GPU (torch.compile, CUDA graphs)."""
         width = input_ids.shape[1]
         # Greedy decoding over our processors: transformers' own order (constraint, temperature, top-k, top-p), then
         # the seeded draw, which leaves a single token for the argmax.
         config = GenerationConfig(do_sample=False, max_new_tokens=sampling.max_tokens, eos_token_id=self.stop_ids,
-                                  pad_token_id=self.pad_id)
+                                  pad_token_id=self.pad_id, cache_implementation="static" if self.compiled else None)
         sampler = SeededRowSampling(uniforms, width)
         processors = LogitsProcessorList(
             ([ChoiceConstraint(width, allowed, self.pad_id)] if allowed else []) + warpers(sampling) + [sampler])

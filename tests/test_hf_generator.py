@@ -6,7 +6,7 @@ from peft import LoraConfig, get_peft_model
 
 from oss_grpo.rl.errors import GeneratorError
 from oss_grpo.rl.generator import Sampling
-from oss_grpo.rl.graphed_decode import CHECK_EVERY, GraphedDecoder
+from oss_grpo.rl.graphed_decode import CHECK_EVERY, GraphedDecoder, GraphRecordingError
 from oss_grpo.rl.harmony import harmony_tokenizer, render_prompt_ids, stop_token_ids
 from oss_grpo.rl.hf_generator import WIDTH_STEP, TransformersGenerator
 from oss_grpo.rl.seeded_sampling import SeededRowSampling, row_uniforms
@@ -62,6 +62,32 @@ def test_the_graphed_decoder_samples_what_generate_does(generator: TransformersG
         for a, b in zip(got, expected):
             assert a.prompt_ids == b.prompt_ids and a.finish_reason == b.finish_reason
             assert a.logprobs == pytest.approx(b.logprobs, abs=1e-5)
+
+
+def test_a_decoder_that_cannot_record_falls_back_to_compiled_generate(generator: TransformersGenerator,
+                                                                      monkeypatch) -> None:
+    """Where the decode step cannot be compiled or recorded (a model or GPU the decoder was not checked on), the
+    generator warns once and decodes with transformers' `generate` over a static cache (compiled on a GPU) from then
+    on: the same samples, no crash in the middle of a run."""
+    prompts = [list(range(100, 105)), list(range(200, 296))]
+    plain = generator.generate(prompts, Sampling(max_tokens=8, seed=4))
+    compiled = TransformersGenerator(generator.model, generator.stop_ids, generator.pad_id, batch_size=3,
+                                     compiled=True)
+
+    def fail(*args):
+        raise GraphRecordingError("recording the decode step as a CUDA graph failed: BackendCompilerFailed: ...")
+
+    monkeypatch.setattr(compiled.decoder, "decode", fail)
+    caches = []
+    real_generate = generator.model.generate
+    monkeypatch.setattr(generator.model, "generate", lambda **kwargs: caches.append(
+        kwargs["generation_config"].cache_implementation) or real_generate(**kwargs))
+    with pytest.warns(UserWarning, match="CUDA graph failed: BackendCompilerFailed.*compiled `generate` from now on"):
+        got = compiled.generate(prompts, Sampling(max_tokens=8, seed=4))
+    again = compiled.generate(prompts, Sampling(max_tokens=8, seed=4))
+    assert compiled.decoder is None and caches == ["static", "static"]
+    for completions in (got, again):
+        assert [c.completion_ids for c in completions] == [c.completion_ids for c in plain]
 
 
 def test_the_graphed_decoder_stops_once_every_row_has(generator: TransformersGenerator) -> None:
