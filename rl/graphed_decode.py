@@ -149,7 +149,8 @@ class GraphedDecoder:
         real token up to `position`. Window layers: slot j is position - (window - 1) + j, valid unless padding."""
         b = self.buffers
         dtype = self.model.get_input_embeddings().weight.dtype
-        slots = torch.arange(b.cache.max_cache_len, device=position.device)
+        _, width, new_tokens = self.shape
+        slots = torch.arange(width + new_tokens, device=position.device)  # the cache's length
         full = (slots[None, :] >= b.pads[:, None]) & (slots[None, :] <= position)
         window = self.model.config.sliding_window or 1
         sliding = slots[None, :window] + position - (window - 1) >= b.pads[:, None]

@@ -104,17 +104,23 @@ def test_the_graphed_decoder_stops_once_every_row_has(generator: TransformersGen
     assert tokens.shape == logprobs.shape == (2, 40)
 
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+MODES = ["cpu", "cpu-inductor"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_the_graphed_decoder_logprobs_are_the_full_forwards(device: str) -> None:
+@pytest.mark.parametrize("mode", MODES)
+def test_the_graphed_decoder_logprobs_are_the_full_forwards(mode: str, monkeypatch) -> None:
     """What the trainer relies on: each sampled token's logprob is the one a plain forward over the whole sequence
     gives it (to float32 rounding). On a GPU the decode steps are an Inductor-compiled CUDA graph over the MXFP4
     experts' Triton kernels, recorded once and replayed: stale masks, positions or cache slots in the graph would
-    show here as other logprobs. Left padding reaches into the first steps' sliding window."""
-    model = swap_experts(build_tiny_model(seed=5)).to(device).eval()
+    show here as other logprobs. `cpu-inductor` compiles the step as the GPU does (Dynamo's tracing and graph breaks,
+    Inductor's code for the CPU), without the graph, and with transformers' experts: ours run the Triton interpreter
+    on a CPU, which Dynamo cannot trace. Left padding reaches into the first steps' sliding window."""
+    device = mode.split("-")[0]
+    model = build_tiny_model(seed=5)
+    model = (model if mode == "cpu-inductor" else swap_experts(model)).to(device).eval()
     decoder = GraphedDecoder(model, stop_ids=[])
+    if mode == "cpu-inductor":
+        monkeypatch.setattr(decoder, "_decode_step", torch.compile(decoder._decode_step))
     lengths, width, new = [3, 60, 128], WIDTH_STEP, 48
     prompts = torch.stack([torch.cat([torch.zeros(width - n, dtype=torch.long), torch.arange(1000, 1000 + n)])
                            for n in lengths]).to(device)
