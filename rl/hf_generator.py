@@ -24,7 +24,7 @@ from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel
 from oss_grpo.rl.choice_constraint import ChoiceConstraint
 from oss_grpo.rl.errors import GeneratorError
 from oss_grpo.rl.generator import Completion, Sampling, prompt_seeds
-from oss_grpo.rl.graphed_decode import GraphedDecoder, GraphRecordingError
+from oss_grpo.rl.graphed_decode import GraphRecordingError, decoder_for
 from oss_grpo.rl.harmony import parse_completion
 from oss_grpo.rl.sampling_adapters import adapters_in_model_dtype
 from oss_grpo.rl.seeded_sampling import SeededRowSampling, row_uniforms, warpers
@@ -41,7 +41,7 @@ class TransformersGenerator:
                  compiled: bool = False) -> None:
         self.model, self.stop_ids, self.pad_id, self.batch_size = model, stop_ids, pad_id, batch_size
         self.compiled = compiled
-        self.decoder: GraphedDecoder | None = GraphedDecoder(model, stop_ids)
+        self.decoder = decoder_for(model, stop_ids)
 
     def generate(
         self, prompts: list[list[int]], sampling: Sampling, allowed: list[list[int]] | None = None
@@ -73,12 +73,11 @@ class TransformersGenerator:
         attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
         uniforms = row_uniforms(seeds, sampling.max_tokens).to(device)
         decoded = None
-        if self.compiled and not allowed and self.decoder is not None:
+        if self.compiled and not allowed and self.decoder.recording_error is None:
             try:
                 decoded = self.decoder.decode(input_ids, attention_mask, uniforms, sampling)
             except GraphRecordingError as err:
                 warnings.warn(f"{err}; decoding with transformers' compiled `generate` from now on", stacklevel=2)
-                self.decoder = None
         new_ids, logprobs, broken = decoded or self._generate(input_ids, attention_mask, uniforms, sampling, allowed)
         if broken.any():
             rows = broken[:real].nonzero().flatten().tolist()
