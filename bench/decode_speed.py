@@ -15,7 +15,8 @@ experts, PEFT LoRA r16 on attention and experts, as the step trains it):
     graphed   the trainer's compiled decoder (rl/graphed_decode.py, config `compile_generation`): each decode step, the
               seeded draw included, one CUDA graph of Inductor's code, replayed without Python in between; its
               graph recorded at the same length first. Against `compile` in the same process: the same forward
-              and cache, the loop around it ours
+              and cache, the loop around it ours (on a CPU the same loop, eager)
+    profile-graphed  `profile` over 64 tokens of the graphed decoder: how much of its wall time the GPU still idles
     compile-fp32-lora  the same with the LoRA factors in float32 while sampling (every part but this one samples
               with them in the model's dtype, as the trainer's generator does: rl/sampling_adapters.py)
     forced    whether the compiled decode computes what eager does: both generate the same random tokens, forced
@@ -55,49 +56,44 @@ from transformers.generation.utils import DeferredStopCheck
 
 from bench_model import SHAPES, Settings, as_policy, build_model, generate, random_ids, warm_up_settings
 from oss_grpo.rl.generator import Sampling
-from oss_grpo.rl.graphed_decode import GraphedDecoder
+from oss_grpo.rl.graphed_decode import decoder_for
 from oss_grpo.rl.moe import use_fp32_routers
 from oss_grpo.rl.sampling_adapters import adapters_in_model_dtype
 from oss_grpo.rl.seeded_sampling import row_uniforms
 
 
-def timed_generate(model, prompt_ids: torch.Tensor, settings: Settings, **kwargs) -> tuple[torch.Tensor, float]:
-    """`generate` (`kwargs` passed on) between two device synchronisations: (sequences, seconds)."""
+def graphed_generate(model, prompt_ids: torch.Tensor, settings: Settings) -> torch.Tensor:
+    """What `generate` returns, sampled by the model's rl/graphed_decode.py decoder as the generator samples (the
+    LoRA factors in the model's dtype), with no stop token: every row runs `new_tokens`."""
+    uniforms = row_uniforms(list(range(prompt_ids.shape[0])), settings.new_tokens).to(prompt_ids.device)
+    with adapters_in_model_dtype(model):
+        tokens, _, _ = decoder_for(model, stop_ids=[]).decode(prompt_ids, torch.ones_like(prompt_ids), uniforms,
+                                                              Sampling(max_tokens=settings.new_tokens))
+    return torch.cat([prompt_ids, tokens], 1)
+
+
+def timed_generate(model, prompt_ids: torch.Tensor, settings: Settings, graphed: bool = False,
+                   **kwargs) -> tuple[torch.Tensor, float]:
+    """`generate` (`kwargs` passed on), or `graphed_generate`, between two device synchronisations: (sequences,
+    seconds)."""
     if prompt_ids.is_cuda:
         torch.cuda.synchronize()
     start = time.perf_counter()
-    out = generate(model, prompt_ids, settings, **kwargs)
+    out = graphed_generate(model, prompt_ids, settings) if graphed else generate(model, prompt_ids, settings, **kwargs)
     if prompt_ids.is_cuda:
         torch.cuda.synchronize()
     return out, time.perf_counter() - start
 
 
-def speed(model, prompt_ids: torch.Tensor, settings: Settings) -> dict:
+def speed(model, prompt_ids: torch.Tensor, settings: Settings, graphed: bool = False) -> dict:
     """Tokens/s per sequence of one generation (prefill included) after a warm-up (`warm_up_settings`), seeded, and
     its first 8 tokens."""
-    timed_generate(model, prompt_ids, warm_up_settings(settings))
+    timed_generate(model, prompt_ids, warm_up_settings(settings), graphed)
     torch.manual_seed(settings.seed)
-    sequences, seconds = timed_generate(model, prompt_ids, settings)
+    sequences, seconds = timed_generate(model, prompt_ids, settings, graphed)
     return {"seconds": seconds, "tokens_per_s_per_sequence": settings.new_tokens / seconds,
             "ms_per_token": 1e3 * seconds / settings.new_tokens,
             "first_tokens": sequences[:, prompt_ids.shape[1] : prompt_ids.shape[1] + 8].tolist()}
-
-
-def graphed_speed(model, prompt_ids: torch.Tensor, settings: Settings) -> dict:
-    """`speed` for rl/graphed_decode.py's decoder (no stop tokens: every row runs `new_tokens`), its graph recorded
-    by a first call at the same length."""
-    decoder = GraphedDecoder(model, stop_ids=[])
-    uniforms = row_uniforms(list(range(settings.batch)), settings.new_tokens).to(prompt_ids.device)
-    mask, sampling = torch.ones_like(prompt_ids), Sampling(max_tokens=settings.new_tokens)
-    with adapters_in_model_dtype(model):  # as the generator samples
-        decoder.decode(prompt_ids, mask, uniforms, sampling)
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        tokens, _, _ = decoder.decode(prompt_ids, mask, uniforms, sampling)
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
-    return {"seconds": seconds, "tokens_per_s_per_sequence": settings.new_tokens / seconds,
-            "ms_per_token": 1e3 * seconds / settings.new_tokens, "first_tokens": tokens[:, :8].tolist()}
 
 
 def gpu_busy_seconds(events) -> float:
@@ -130,19 +126,21 @@ def deferred_stop_check() -> Iterator[None]:
         DeferredStopCheck.is_supported = original
 
 
-def profile(model, prompt_ids: torch.Tensor, settings: Settings, tokens: int = 8, rows: int = 12, **kwargs) -> dict:
+def profile(model, prompt_ids: torch.Tensor, settings: Settings, tokens: int = 8, rows: int = 12, graphed: bool = False,
+            **kwargs) -> dict:
     """Top ops by GPU time and by host time over a short generation of `tokens` (eager, or compiled with
-    `settings.compile`: compiled and its CUDA graphs recorded at that length first), and the GPU's busy fraction;
-    `kwargs` go to `generate` (a `compile_config`)."""
+    `settings.compile`: compiled and its CUDA graphs recorded at that length first; `graphed`: by `graphed_generate`,
+    which `settings.compile` must then be), and the GPU's busy fraction; `kwargs` go to `generate` (a
+    `compile_config`)."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
     short = dataclasses.replace(settings, new_tokens=tokens)
     if short.compile:
-        timed_generate(model, prompt_ids, short, **kwargs)
+        timed_generate(model, prompt_ids, short, graphed, **kwargs)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if prompt_ids.is_cuda else [])
     with torch_profile(activities=activities) as prof:
-        _, seconds = timed_generate(model, prompt_ids, short, **kwargs)
+        _, seconds = timed_generate(model, prompt_ids, short, graphed, **kwargs)
     busy_union = gpu_busy_seconds(prof.events())
     events = prof.key_averages()
     busy = sum(e.self_device_time_total for e in events) / 1e6
@@ -274,8 +272,11 @@ def measure_generation(shape, device: torch.device, settings: Settings, parts: l
             elif part == "compile-deferred-stop" and device.type == "cuda":  # CPU tensors have no events
                 with deferred_stop_check():
                     results[part] = speed(model, prompt_ids, dataclasses.replace(settings, compile=True))
-            elif part == "graphed" and device.type == "cuda":
-                results[part] = graphed_speed(model, prompt_ids, settings)
+            elif part == "graphed":  # warmed up at the full length: the decoder records a graph per shape
+                results[part] = speed(model, prompt_ids, dataclasses.replace(settings, compile=True), graphed=True)
+            elif part == "profile-graphed":
+                results[part] = profile(model, prompt_ids, dataclasses.replace(settings, compile=True), tokens=64,
+                                        graphed=True)
             elif part == "compile-fp32-lora":  # the baseline of rl/sampling_adapters.py
                 # Dynamo does not guard the parameters' dtype (it assumes a module's parameters stay as they are), so
                 # a decode compiled with the factors in one dtype is dropped before and after this part.

@@ -109,10 +109,11 @@ def test_memory_options_shrink_weights_and_optimizer_state(monkeypatch) -> None:
 
 def test_decode_speed_parts_report_on_the_step_model(tmp_path: Path) -> None:
     report = decode_speed.main(["--shape", "tiny", "--device", "cpu", "--batch", "4", "--prompt-tokens", "8",
-                                "--new-tokens", "4", "--parity-tokens", "16", "--parts", "eager,profile,parity",
+                                "--new-tokens", "4", "--parity-tokens", "16", "--parts", "eager,graphed,profile,parity",
                                 "--json", str(tmp_path / "decode.json")])
-    assert json.loads((tmp_path / "decode.json").read_text()).keys() >= {"eager", "profile", "parity"}
-    assert report["eager"]["tokens_per_s_per_sequence"] > 0 and len(report["eager"]["first_tokens"]) == 4
+    assert json.loads((tmp_path / "decode.json").read_text()).keys() >= {"eager", "graphed", "profile", "parity"}
+    for part in ("eager", "graphed"):
+        assert report[part]["tokens_per_s_per_sequence"] > 0 and len(report[part]["first_tokens"]) == 4
     assert report["profile"]["aten_calls_per_token"] > 0 and report["profile"]["by_cpu"]
     for key in ("gap_bf16_router", "gap_fp32_router"):
         assert 0 < report["parity"][key]["mean"] < 0.01, report["parity"]
