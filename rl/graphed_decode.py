@@ -9,8 +9,8 @@ Here the prefill runs eagerly, and all of a decode step works on buffers that st
 the cache, the warpers, the seeded draw, and the bookkeeping (the token and its logprob written at the step's column,
 the stop flags, the step counter). On a GPU that step is compiled by Inductor (which also makes a constant of the
 tensor that transformers' window cache builds from a Python list each step, a host-to-device copy that a graph
-cannot record), recorded once as a CUDA graph and replayed per token: the host only launches replays, and reads the stop flags every `CHECK_EVERY` steps.
-On a CPU the same step runs eagerly (the tests compare it with `generate`).
+cannot record), recorded once as a CUDA graph and replayed per token: the host only launches replays, and reads the
+stop flags every `CHECK_EVERY` steps. On a CPU the same step runs eagerly (the tests compare it with `generate`).
 
 The attention masks are ours. transformers builds a decode step's masks from Python ints (the sliding-window layer's
 offset into the padding mask), which a graph would freeze at the step it was recorded in; here they come from the
@@ -52,6 +52,7 @@ class DecodeBuffers:
     logprobs: torch.Tensor  # (B, T) their logprobs
     done: torch.Tensor  # (B,) rows that drew a stop token
     broken: torch.Tensor  # (B,) rows drawn without a distribution at some step
+    stop_ids: torch.Tensor  # the stop tokens
 
 
 class GraphedDecoder:
@@ -104,8 +105,8 @@ class GraphedDecoder:
                 uniforms=torch.zeros(rows, new_tokens, dtype=torch.float64, device=device),
                 tokens=torch.zeros(rows, new_tokens, dtype=torch.long, device=device),
                 logprobs=torch.zeros(rows, new_tokens, device=device),
-                done=torch.zeros(rows, **flags), broken=torch.zeros(rows, **flags))
-            self.stop_tensor = torch.tensor(self.stop_ids, device=device)
+                done=torch.zeros(rows, **flags), broken=torch.zeros(rows, **flags),
+                stop_ids=torch.tensor(self.stop_ids, dtype=torch.long, device=device))
         return self.buffers
 
     def _prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, uniforms: torch.Tensor,
@@ -141,7 +142,7 @@ class GraphedDecoder:
         tokens, logprobs, broken = seeded_draw(scores, b.uniforms.index_select(1, b.step.view(1))[:, 0])
         b.tokens.index_copy_(1, b.step.view(1), tokens[:, None])
         b.logprobs.index_copy_(1, b.step.view(1), logprobs[:, None])
-        b.done |= torch.isin(tokens, self.stop_tensor)
+        b.done |= torch.isin(tokens, b.stop_ids)
         b.broken |= broken
         b.step += 1
 
@@ -156,9 +157,7 @@ class GraphedDecoder:
         full = (slots[None, :] >= b.pads[:, None]) & (slots[None, :] <= position)
         window = self.model.config.sliding_window or 1
         sliding = slots[None, :window] + position - (window - 1) >= b.pads[:, None]
-        additive: Callable[[torch.Tensor], torch.Tensor] = lambda ok: torch.zeros(  # noqa: E731
-            ok.shape, dtype=dtype, device=ok.device).masked_fill(~ok, torch.finfo(dtype).min)[:, None, None, :]
-        return {"full_attention": additive(full), "sliding_attention": additive(sliding)}
+        return {"full_attention": _additive(full, dtype), "sliding_attention": _additive(sliding, dtype)}
 
     def _record(self, step: Callable[[], None]) -> torch.cuda.CUDAGraph:
         """`step` run WARM_UP_STEPS times on a side stream (PyTorch's recipe before recording), then recorded."""
@@ -177,6 +176,12 @@ class GraphedDecoder:
                                                        f"{type(err).__name__}: {str(err)[:500]}")
             raise self.recording_error from err
         return graph
+
+
+def _additive(attends: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, K) booleans -> the (B, 1, 1, K) additive mask: 0 where True, the dtype's minimum where False."""
+    zeros = torch.zeros(attends.shape, dtype=dtype, device=attends.device)
+    return zeros.masked_fill(~attends, torch.finfo(dtype).min)[:, None, None, :]
 
 
 def decoder_for(model: PreTrainedModel, stop_ids: list[int]) -> GraphedDecoder:

@@ -48,7 +48,8 @@ def test_the_graphed_decoder_samples_what_generate_does(generator: TransformersG
     buffers reused by the second call. The prompts' padding reaches into the sliding window (32 tokens) of the
     first steps, for one row to its last slot."""
     prompts = [list(range(100, 105)), list(range(200, 296)), list(range(300, 400))]
-    samplings = (Sampling(max_tokens=40, seed=10), Sampling(max_tokens=40, seed=3, temperature=0.7, top_k=50, top_p=0.9))
+    samplings = (Sampling(max_tokens=40, seed=10),
+                 Sampling(max_tokens=40, seed=3, temperature=0.7, top_k=50, top_p=0.9))
     plain = [generator.generate(prompts, sampling) for sampling in samplings]
     compiled = TransformersGenerator(generator.model, generator.stop_ids, generator.pad_id, batch_size=5,
                                      compiled=True)
