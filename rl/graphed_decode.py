@@ -26,6 +26,7 @@ import torch
 from transformers import LogitsProcessor, PreTrainedModel, StaticCache
 
 from oss_grpo.rl.generator import Sampling
+from oss_grpo.rl.sampling_adapters import compute_dtype
 from oss_grpo.rl.seeded_sampling import seeded_draw, warpers
 
 CHECK_EVERY = 16
@@ -45,7 +46,6 @@ class DecodeBuffers:
 
     cache: StaticCache  # prompt width + T slots (the window layers: the window)
     pads: torch.Tensor  # (B,) each row's left padding
-    width: torch.Tensor  # () the prompt width: the first new token's position
     step: torch.Tensor  # () the column the next draw fills
     uniforms: torch.Tensor  # (B, T) float64
     tokens: torch.Tensor  # (B, T) drawn tokens
@@ -82,7 +82,7 @@ class GraphedDecoder:
         step = partial(self._decode_step, warps)
         key = (sampling.temperature, sampling.top_k, sampling.top_p)
         if input_ids.is_cuda and new_tokens > WARM_UP_STEPS and key not in self.graphs:
-            self._prefill(input_ids, attention_mask, uniforms, warps)
+            self._prefill(input_ids, attention_mask, uniforms, warps)  # the warm-up steps advance it: prefilled again
             self.graphs[key] = self._record(partial(torch.compile(self._decode_step), warps))
         if key in self.graphs:
             step = self.graphs[key].replay
@@ -101,7 +101,7 @@ class GraphedDecoder:
             self.buffers = DecodeBuffers(
                 cache=StaticCache(config=self.model.config, max_cache_len=width + new_tokens),
                 pads=torch.zeros(rows, dtype=torch.long, device=device),
-                width=torch.tensor(width, device=device), step=torch.zeros((), dtype=torch.long, device=device),
+                step=torch.zeros((), dtype=torch.long, device=device),
                 uniforms=torch.zeros(rows, new_tokens, dtype=torch.float64, device=device),
                 tokens=torch.zeros(rows, new_tokens, dtype=torch.long, device=device),
                 logprobs=torch.zeros(rows, new_tokens, device=device),
@@ -127,7 +127,7 @@ class GraphedDecoder:
     def _decode_step(self, warps: list[LogitsProcessor]) -> None:
         """Feed the last drawn token, draw the next: what a graph records."""
         b = self.buffers
-        position = b.width + b.step - 1  # the fed token's
+        position = b.step + (self.shape[1] - 1)  # the fed token's: the prompt width, a constant of the shape's graph
         fed = b.tokens.index_select(1, (b.step - 1).view(1))  # (B, 1)
         out = self.model(input_ids=fed, attention_mask=self._masks(position), position_ids=(position - b.pads)[:, None],
                          past_key_values=b.cache, use_cache=True)
@@ -151,7 +151,7 @@ class GraphedDecoder:
         attends, the dtype's minimum elsewhere. Full layers: slots 0..L-1 are positions, valid from the row's first
         real token up to `position`. Window layers: slot j is position - (window - 1) + j, valid unless padding."""
         b = self.buffers
-        dtype = self.model.get_input_embeddings().weight.dtype
+        dtype = compute_dtype(self.model)
         _, width, new_tokens = self.shape
         slots = torch.arange(width + new_tokens, device=position.device)  # the cache's length
         full = (slots[None, :] >= b.pads[:, None]) & (slots[None, :] <= position)

@@ -27,7 +27,7 @@ from torch import nn
 _COPIES: "weakref.WeakKeyDictionary[nn.Module, dict[str, torch.Tensor]]" = weakref.WeakKeyDictionary()
 
 
-def _compute_dtype(model: nn.Module) -> torch.dtype:
+def compute_dtype(model: nn.Module) -> torch.dtype:
     """`model`'s compute dtype: that of its output embedding."""
     return model.get_output_embeddings().weight.dtype
 
@@ -42,14 +42,14 @@ def _other_dtype(model: nn.Module, dtype: torch.dtype) -> dict[str, nn.Parameter
 def samples_other_numbers(model: nn.Module) -> bool:
     """Whether `adapters_in_model_dtype` changes `model`'s LoRA factors: its rollouts then sample from slightly other
     numbers than the training forward computes, which TRL's importance-sampling correction accounts for."""
-    return bool(_other_dtype(model, _compute_dtype(model)))
+    return bool(_other_dtype(model, compute_dtype(model)))
 
 
 @contextmanager
 def adapters_in_model_dtype(model: nn.Module) -> Iterator[None]:
     """Within: the trainable float parameters of `model`'s `nn.Linear`s hold copies in the dtype of its output
     embedding (its compute dtype). No gradient may be taken within (the copies are not what the optimizer steps)."""
-    dtype = _compute_dtype(model)
+    dtype = compute_dtype(model)
     copies = _COPIES.setdefault(model, {})
     masters: dict[str, torch.Tensor] = {}
     params = _other_dtype(model, dtype)

@@ -11,9 +11,9 @@ from oss_grpo.rl.generator import Sampling
 from oss_grpo.rl.graphed_decode import CHECK_EVERY, GraphedDecoder, GraphRecordingError
 from oss_grpo.rl.harmony import harmony_tokenizer, render_prompt_ids, stop_token_ids
 from oss_grpo.rl.hf_generator import WIDTH_STEP, TransformersGenerator
-from oss_grpo.rl.seeded_sampling import SeededRowSampling, row_uniforms
 from oss_grpo.rl.moe import swap_experts
 from oss_grpo.rl.moe_lora import with_expert_lora
+from oss_grpo.rl.seeded_sampling import SeededRowSampling, row_uniforms
 from oss_grpo.rl.tiny_model import build_tiny_model
 
 
