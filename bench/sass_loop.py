@@ -6,7 +6,8 @@ The tile is (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages); the other constants are 
 GPU call with (packed decoding, no bias, 32 experts), and the integer arguments get the divisibility by 16 that Triton's
 launcher finds on gpt-oss shapes, without which it pipelines differently. Prints the registers per thread, the shared
 memory, the kernel's instruction count and, per loop (a backward branch), its instructions and its shared, global and
-tensor-core instructions. Run it with the Triton of the GPU machine (3.6 there): another version compiles other code.
+tensor-core instructions, and the loop's register races (`register_races`; tests/test_kernels.py asserts there are
+none). Run it with the Triton of the GPU machine (3.6 there): another version compiles other code.
 `--kernels` takes another copy of the kernels' file, e.g. an older commit's, to compare the two.
 """
 
@@ -47,7 +48,7 @@ def compile_kernel(path: Path, name: str, tile: tuple[int, ...], swizzled: bool,
     return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps, num_stages=stages))
 
 
-def loops(sass: str) -> list[dict]:
+def loop_bodies(sass: str) -> list[list[str]]:
     """Each loop of the disassembly: the instructions from a label to the branch back to it."""
     instructions, labels = [], {}
     for line in sass.splitlines():
@@ -55,15 +56,47 @@ def loops(sass: str) -> list[dict]:
             labels[label.group(1)] = len(instructions)
         elif re.match(r"\s+/\*[0-9a-f]{4}\*/", line):
             instructions.append(line)
-    found = []
+    bodies = []
     for i, line in enumerate(instructions):
         target = re.search(r"BRA[^`]*`\(\.(L_x_\d+)\)", line)
         if target and labels.get(target.group(1), i + 1) <= i:
-            body = instructions[labels[target.group(1)] : i + 1]
-            found.append({"instructions": len(body), "shared loads": sum("LDS" in b for b in body),
-                          "global loads": sum("LDG" in b for b in body),
-                          "tensor core": sum(op in b for b in body for op in ("HGMMA", "HMMA"))})  # fmt: skip
-    return found
+            bodies.append(instructions[labels[target.group(1)] : i + 1])
+    return bodies
+
+
+def loops(sass: str) -> list[dict]:
+    """Each loop of the disassembly, counted."""
+    return [{"instructions": len(body), "shared loads": sum("LDS" in b for b in body),
+             "global loads": sum("LDG" in b for b in body),
+             "tensor core": sum(op in b for b in body for op in ("HGMMA", "HMMA")),
+             "register races": len(register_races(body))} for body in loop_bodies(sass)]  # fmt: skip
+
+
+def register_races(body: list[str]) -> list[str]:
+    """The instructions of a loop body that write a register an asynchronous tensor-core instruction may still read.
+
+    A Hopper `HGMMA` (wgmma) whose A operand comes from registers reads them after it issues, until a
+    `WARPGROUP.DEPBAR.LE gsb0, n` leaves at most n of them in flight; writing those registers before then is undefined
+    (PTX ISA, wgmma.mma_async). Triton 3.6 lets wgmmas run across the loop's back edge and ptxas has been seen to write
+    the next step's decoded codes into a register an in-flight wgmma reads: infinities at 512 rows per expert
+    (docs/BENCHMARKS.md, session 17). The body is scanned twice, so that what the first pass leaves in flight at the
+    back edge is in flight when the second begins; each pending wgmma holds its 4 operand registers.
+    """
+    pending: list[set[int]] = []
+    races = []
+    for scan in range(2):
+        for line in body:
+            if wait := re.search(r"WARPGROUP\.DEPBAR\.LE gsb0, 0x(\d+)", line):
+                keep = int(wait.group(1))
+                pending = pending[max(len(pending) - keep, 0) :]
+            elif operand := re.search(r"HGMMA\.\S+ R\d+, R(\d+),", line):
+                first = int(operand.group(1))
+                pending.append(set(range(first, first + 4)))
+            elif (dest := re.search(r"\*/\s+(?:@!?U?P\w+\s+)?[A-Z][A-Z0-9_.]*\s+R(\d+)\b", line)) and not re.search(
+                r"\*/\s+(?:@!?U?P\w+\s+)?(ST|LDGSTS|RED|ATOM)", line):  # fmt: skip
+                if scan and any(int(dest.group(1)) in operands for operands in pending):
+                    races.append(line.strip())
+    return races
 
 
 def main() -> None:
@@ -73,6 +106,7 @@ def main() -> None:
     parser.add_argument("--swizzled", action="store_true", help="the forward reading codes in swizzle_k order")
     parser.add_argument("--accumulate", action="store_true", help="grouped_matmul adding into `out`")
     parser.add_argument("--kernels", type=Path, default=ROOT / "kernels" / "_mxfp4_matmul.py")
+    parser.add_argument("--loop-out", type=Path, help="write the longest loop's instructions to this file")
     args = parser.parse_args()
     tile = tuple(int(v) for v in args.tile.split(","))
     compiled = compile_kernel(args.kernels, args.kernel, tile, args.swizzled, args.accumulate)
@@ -83,6 +117,8 @@ def main() -> None:
     sass = subprocess.run([tools / "nvdisasm", "-c", f.name], capture_output=True, text=True).stdout
     registers = re.search(r"REG:(\d+)", usage).group(1)
     total = sum(bool(re.match(r"\s+/\*[0-9a-f]{4}\*/", line)) for line in sass.splitlines())
+    if args.loop_out:
+        args.loop_out.write_text("".join(line + "\n" for line in max(loop_bodies(sass), key=len)))
     print(f"{args.kernel} {tile}: {registers} registers, {compiled.metadata.shared} B shared, {total} instructions;"
           f" loops: {[loop for loop in loops(sass) if loop['instructions'] > 1]}")
 
