@@ -14,17 +14,20 @@ row n holds code k = 2j in its low nibble and k = 2j + 1 in its high nibble; `sc
 32 codes. That is "e2m1 packed along K with scales along K", exactly what `tl.dot_scaled` takes for its rhs [K, N]
 (Hopper and older emulate it by upcasting to bf16 through shared memory; Blackwell runs it natively).
 
-The "wx" kernels dequantise in registers (exact: _e2m1_to_bf16, or _e2m1_pairs_to_bf16 two codes per instruction on
-compute capability 9+) and put the weights on the LEFT of the dot, y^T = W_e x^T and dx^T = W_e^T dy^T: W's tile is the
-wgmma operand that may come from registers, and the routed rows become the dot's N dimension, which may be as small as
-16, so an expert with few rows wastes little. Each byte holds an even and an odd code, decoded apart. The forward
-interleaves them back into k order in registers (tl.join + reshape), so one dot per step covers BLOCK_K and x is read as
-it is (SWIZZLED: W's bytes of each 16 in another order, x copied into the same by mxfp4_matmul.swizzle_k). It must not
-instead run two dots, the low nibbles against x's even columns and the high ones against its odd columns, into one
-accumulator: that races on the H100 (Triton 3.6 leaves the second dot in flight across iterations while the next step
-overwrites its register operand: NaN in the 20b trainer, rarely and nondeterministically; docs/BENCHMARKS.md,
-2026-12-06), and two accumulators cost twice the registers. dX does run two dots, into two accumulators that are
-different outputs (its even and odd columns, stored apart): measured faster there than one interleaved dot.
+The "wx" kernels dequantise in registers (exact: _e2m1_to_bf16; on compute capability 9+ two codes per instruction,
+_e2m1_bytes_to_bf16 for the forward and _e2m1_pairs_to_bf16 for dX) and put the weights on the LEFT of the dot,
+y^T = W_e x^T and dx^T = W_e^T dy^T: W's tile is the wgmma operand that may come from registers, and the routed rows
+become the dot's N dimension, which may be as small as 16, so an expert with few rows wastes little. Each byte holds an
+even and an odd code. The forward decodes them into one register in k order, so one dot per step covers BLOCK_K and x is
+read as it is (SWIZZLED: W's bytes of each 16 in another order, x copied into the same by mxfp4_matmul.swizzle_k). dX
+runs two dots, the even and the odd codes, into two accumulators that are different outputs (its even and odd columns,
+stored apart): measured faster there than one interleaved dot.
+
+A wgmma reads its register operand after it issues, and Triton 3.6 leaves a step's wgmmas in flight across the loop's
+back edge, where ptxas may already write the next step's decoded codes into those registers: NaN in the 20b trainer
+(two dots into one accumulator, 2026-12-06) and infinities at 512 rows per expert (session 17). So each step ends with
+the accumulators passed through `_settled`, which makes Triton wait for the step's wgmmas (bench/sass_loop.py counts
+the remaining races in the compiled loop: tests/test_kernels.py wants none). Triton 3.9 waits by itself.
 `tl.dot_scaled` cannot do dX at all: its scales must run along the reduction dim, and there they run along the output
 dim. The fp32 path (fp16-only GPUs) is the wx kernels with float32 dots.
 
@@ -119,6 +122,51 @@ def _e2m1_to_bf16(codes, scale):
 
 
 @triton.jit
+def _e2m1_bytes_to_bf16(codes, scale_pair):
+    """Bytes of two e2m1 codes (uint8) and 2^(s - 127) as bf16 bits in both halves of an int32 -> the exact bfloat16
+    values of (low nibble, high nibble), four bytes per PTX block (GPUs of compute capability 9+ only).
+
+    The idea of _e2m1_to_bf16, two codes per instruction, and each byte's two codes in one register, low nibble in the
+    low half: the k order the forward's dot takes its left operand in, so joining the two halves into the tile costs
+    no instruction (one prmt a register when the halves came from different bytes). The nibbles are split (and, shr),
+    prmt puts byte i's low and high nibble into the two 16-bit lanes, one multiply by 2^12 + 2^6 copies each code
+    to bits 12..15 and 6..9 of its lane (disjoint: no carry), and one and keeps the sign at bit 15 and the 3
+    magnitude bits at 8..6 (the code times 2^-126, 0.5 a subnormal); two mul.bf16x2 (by 2^126, then by the scale)
+    finish both lanes: 5.75 instructions a register of two codes against 7.5 before (sm_90 SASS, bench/sass_loop.py).
+    The scale is applied in two steps because 2^(s - 1) overflows bf16 above s = 128.
+    """
+    pairs = tl.inline_asm_elementwise(
+        asm="""
+        {
+        .reg .b32 lo, hi, bias;
+        mov.b32 bias, 0x7E807E80;
+        and.b32 lo, $4, 0x0F0F0F0F;
+        shr.b32 hi, $4, 4;
+        and.b32 hi, hi, 0x0F0F0F0F;
+        prmt.b32 $0, lo, hi, 0x8480;  prmt.b32 $1, lo, hi, 0x8581;
+        prmt.b32 $2, lo, hi, 0x8682;  prmt.b32 $3, lo, hi, 0x8783;
+        mul.lo.u32 $0, $0, 0x1040;  and.b32 $0, $0, 0x81C081C0;
+        mul.lo.u32 $1, $1, 0x1040;  and.b32 $1, $1, 0x81C081C0;
+        mul.lo.u32 $2, $2, 0x1040;  and.b32 $2, $2, 0x81C081C0;
+        mul.lo.u32 $3, $3, 0x1040;  and.b32 $3, $3, 0x81C081C0;
+        mul.rn.bf16x2 $0, $0, bias;  mul.rn.bf16x2 $0, $0, $5;
+        mul.rn.bf16x2 $1, $1, bias;  mul.rn.bf16x2 $1, $1, $6;
+        mul.rn.bf16x2 $2, $2, bias;  mul.rn.bf16x2 $2, $2, $7;
+        mul.rn.bf16x2 $3, $3, bias;  mul.rn.bf16x2 $3, $3, $8;
+        }
+        """,
+        constraints="=r,=r,=r,=r,r,r,r,r,r",
+        args=[codes, scale_pair],
+        dtype=tl.int32,
+        is_pure=True,
+        pack=4,
+    )
+    low = pairs.to(tl.int16).to(tl.bfloat16, bitcast=True)
+    high = (pairs >> 16).to(tl.int16).to(tl.bfloat16, bitcast=True)
+    return low, high
+
+
+@triton.jit
 def _e2m1_pairs_to_bf16(codes, scale_bits):
     """Bytes of two e2m1 codes (uint8) and the bf16 bits of their scale 2^(s - 127) (int16, s << 7) -> the exact
     bfloat16 values of (low nibble, high nibble), four bytes per PTX block (GPUs of compute capability 9+ only).
@@ -155,6 +203,14 @@ def _e2m1_pairs_to_bf16(codes, scale_bits):
 
 
 @triton.jit
+def _settled(acc):
+    """acc as it is, through an op the compiler cannot see into: Triton must then finish the step's dot (wgmma
+    wait 0) before the loop goes on, so no tensor-core instruction still reads its register operand while the next
+    step's decoded codes are written (docs/BENCHMARKS.md, session 17: ptxas reused those registers early)."""
+    return tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [acc], dtype=tl.float32, is_pure=True, pack=1)
+
+
+@triton.jit
 def _weight_tile(W, S, n, n_ok, b0, K_BYTES, stride_wn, stride_sn, DOT_DTYPE: tl.constexpr, BLOCK_N: tl.constexpr,
                  BLOCK_BYTES: tl.constexpr, TRANSPOSED: tl.constexpr, PACKED: tl.constexpr,
                  SWIZZLED: tl.constexpr):  # fmt: skip
@@ -174,16 +230,20 @@ def _weight_tile(W, S, n, n_ok, b0, K_BYTES, stride_wn, stride_sn, DOT_DTYPE: tl
         codes = tl.reshape(codes, (BLOCK_N, BLOCK_BYTES // 16, 4, 4))
         codes = tl.reshape(tl.permute(codes, (0, 1, 3, 2)), (BLOCK_N, BLOCK_BYTES))
     s = tl.load(S + n * stride_sn + group, mask=n_ok & (group < K_BYTES // 16), other=127).to(tl.int32)
-    if PACKED:
+    if PACKED and TRANSPOSED:
         s = (s << 7).to(tl.int16)  # the bfloat16 bits of 2^(s - 127)
+    elif PACKED:
+        s = (s << 7) | (s << 23)  # the bfloat16 bits of 2^(s - 127), twice
     else:
         s = (s << 23).to(tl.float32, bitcast=True)
     if TRANSPOSED:
         s = tl.reshape(tl.broadcast_to(s[:, None, :], (BLOCK_BYTES // 16, 16, BLOCK_N)), (BLOCK_BYTES, BLOCK_N))
     else:
         s = tl.reshape(tl.broadcast_to(s[:, :, None], (BLOCK_N, BLOCK_BYTES // 16, 16)), (BLOCK_N, BLOCK_BYTES))
-    if PACKED:
+    if PACKED and TRANSPOSED:
         return _e2m1_pairs_to_bf16(codes, s)
+    if PACKED:
+        return _e2m1_bytes_to_bf16(codes, s)
     codes = codes.to(tl.int32)
     return _e2m1_to_bf16(codes & 15, s).to(DOT_DTYPE), _e2m1_to_bf16(codes >> 4, s).to(DOT_DTYPE)
 
@@ -216,6 +276,8 @@ def _mxfp4_wx_kernel(
         x = tl.load(X + rows[:, None] * stride_xm + ks[None, :], mask=row_ok[:, None] & (ks[None, :] < 2 * K_BYTES),
                     other=0.0)  # fmt: skip
         acc = tl.dot(w, tl.trans(x.to(DOT_DTYPE)), acc, input_precision="ieee")
+        if PACKED:  # compute capability 9+: the dot is a wgmma reading w from registers
+            acc = _settled(acc)
     if HAS_BIAS:
         acc += tl.load(Bias + expert * stride_be + n, mask=n_ok, other=0.0).to(tl.float32)[:, None]
     y_ok = n_ok[:, None] & row_ok[None, :]
@@ -249,6 +311,8 @@ def _mxfp4_wx_transposed_kernel(
         dy_t = tl.trans(dy.to(DOT_DTYPE))  # [BLOCK_N, BLOCK_M]
         acc_even = tl.dot(w_even, dy_t, acc_even, input_precision="ieee")
         acc_odd = tl.dot(w_odd, dy_t, acc_odd, input_precision="ieee")
+        if PACKED:  # as in the forward: the dots are wgmmas reading the codes from registers
+            acc_even, acc_odd = _settled(acc_even), _settled(acc_odd)
     byte = b0 + tl.arange(0, BLOCK_K // 2)
     dx_ptr = DX + rows[None, :] * stride_dxm + 2 * byte[:, None]
     dx_ok = (byte[:, None] < K_BYTES) & row_ok[None, :]

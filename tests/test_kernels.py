@@ -68,23 +68,28 @@ def test_e2m1_table_is_the_bit_format() -> None:
 
 
 @triton.jit
-def _decode_bytes(Codes, ScaleBits, Even, Odd, SIZE: tl.constexpr):
+def _decode_bytes(Codes, ScaleBits, Even, Odd, SIZE: tl.constexpr, IN_K_ORDER: tl.constexpr):
     i = tl.arange(0, SIZE)
-    even, odd = _mxfp4_matmul._e2m1_pairs_to_bf16(tl.load(Codes + i), tl.load(ScaleBits + i))
+    if IN_K_ORDER:
+        even, odd = _mxfp4_matmul._e2m1_bytes_to_bf16(tl.load(Codes + i), tl.load(ScaleBits + i))
+    else:
+        even, odd = _mxfp4_matmul._e2m1_pairs_to_bf16(tl.load(Codes + i), tl.load(ScaleBits + i).to(tl.int16))
     tl.store(Even + i, even)
     tl.store(Odd + i, odd)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9,
                     reason="PTX bf16x2 decoding: a GPU of compute capability 9+ (the interpreter runs no PTX)")
-def test_packed_decoding_is_exact_for_every_byte_and_scale() -> None:
-    """_e2m1_pairs_to_bf16 against dequantize, bit for bit: all 256 bytes (every pair of codes) under scales from
+@pytest.mark.parametrize("in_k_order", [True, False], ids=["bytes_to_bf16", "pairs_to_bf16"])
+def test_packed_decoding_is_exact_for_every_byte_and_scale(in_k_order: bool) -> None:
+    """Both PTX decoders against dequantize, bit for bit: all 256 bytes (every pair of codes) under scales from
     2^-126 (subnormal results) to 2^127 (overflow to infinity), subnormal and zero codes included."""
     for s in (1, 2, 100, 119, 127, 128, 129, 140, 200, 254):
         codes = torch.arange(256, dtype=torch.uint8, device="cuda")
-        scale_bits = torch.full((256,), s << 7, dtype=torch.int16, device="cuda")
+        bits = (s << 7) | (s << 23) if in_k_order else s << 7  # the bf16 bits of the scale, twice or once
+        scale_bits = torch.full((256,), bits, dtype=torch.int32, device="cuda")
         even, odd = (torch.empty(256, dtype=torch.bfloat16, device="cuda") for _ in range(2))
-        _decode_bytes[(1,)](codes, scale_bits, even, odd, SIZE=256)
+        _decode_bytes[(1,)](codes, scale_bits, even, odd, SIZE=256, IN_K_ORDER=in_k_order)
         expected = dequantize(codes.view(256, 1, 1).expand(256, 1, 16), torch.full((256, 1), s, dtype=torch.uint8,
                               device="cuda"), torch.float32)[:, :2].bfloat16()  # fmt: skip
         assert torch.equal(even, expected[:, 0]) and torch.equal(odd, expected[:, 1]), s
