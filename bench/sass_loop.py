@@ -15,6 +15,7 @@ import argparse
 import importlib.util
 import re
 import subprocess
+import tempfile
 from pathlib import Path
 
 import triton
@@ -111,10 +112,11 @@ def main() -> None:
     tile = tuple(int(v) for v in args.tile.split(","))
     compiled = compile_kernel(args.kernels, args.kernel, tile, args.swizzled, args.accumulate)
     tools = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
-    with open("/tmp/sass_loop.cubin", "wb") as f:
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:  # one per process: the tests compile several tiles
         f.write(compiled.asm["cubin"])
-    usage = subprocess.run([tools / "cuobjdump", "-res-usage", f.name], capture_output=True, text=True).stdout
-    sass = subprocess.run([tools / "nvdisasm", "-c", f.name], capture_output=True, text=True).stdout
+        f.flush()
+        usage = subprocess.run([tools / "cuobjdump", "-res-usage", f.name], capture_output=True, text=True).stdout
+        sass = subprocess.run([tools / "nvdisasm", "-c", f.name], capture_output=True, text=True).stdout
     registers = re.search(r"REG:(\d+)", usage).group(1)
     total = sum(bool(re.match(r"\s+/\*[0-9a-f]{4}\*/", line)) for line in sass.splitlines())
     if args.loop_out:
