@@ -6,8 +6,8 @@ The tile is (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages); the other constants are 
 GPU call with (packed decoding, no bias, 32 experts), and the integer arguments get the divisibility by 16 that Triton's
 launcher finds on gpt-oss shapes, without which it pipelines differently. Prints the registers per thread, the shared
 memory, the kernel's instruction count and, per loop (a backward branch), its instructions and its shared, global and
-tensor-core instructions, and the loop's register races (`register_races`; tests/test_kernels.py asserts there are
-none). Run it with the Triton of the GPU machine (3.6 there): another version compiles other code.
+tensor-core instructions, and the loop's register races (`register_races`; tests/test_kernel_sass.py asserts there
+are none). Run it with the Triton of the GPU machine (3.6 there): another version compiles other code.
 `--kernels` takes another copy of the kernels' file, e.g. an older commit's, to compare the two.
 """
 
@@ -93,9 +93,9 @@ def register_races(body: list[str]) -> list[str]:
             elif operand := re.search(r"HGMMA\.\S+ R\d+, R(\d+),", line):
                 first = int(operand.group(1))
                 pending.append(set(range(first, first + 4)))
-            elif (dest := re.search(r"\*/\s+(?:@!?U?P\w+\s+)?[A-Z][A-Z0-9_.]*\s+R(\d+)\b", line)) and not re.search(
-                r"\*/\s+(?:@!?U?P\w+\s+)?(ST|LDGSTS|RED|ATOM)", line):  # fmt: skip
-                if scan and any(int(dest.group(1)) in operands for operands in pending):
+            elif written := re.search(r"\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)\s+R(\d+)\b", line):
+                stores = written.group(1).startswith(("ST", "LDGSTS", "RED", "ATOM"))  # their first register is read
+                if scan and not stores and any(int(written.group(2)) in operands for operands in pending):
                     races.append(line.strip())
     return races
 

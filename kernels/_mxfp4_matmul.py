@@ -27,7 +27,7 @@ A wgmma reads its register operand after it issues, and Triton 3.6 leaves a step
 back edge, where ptxas may already write the next step's decoded codes into those registers: NaN in the 20b trainer
 (two dots into one accumulator, 2026-12-06) and infinities at 512 rows per expert (session 17). So each step ends with
 the accumulators passed through `_settled`, which makes Triton wait for the step's wgmmas (bench/sass_loop.py counts
-the remaining races in the compiled loop: tests/test_kernels.py wants none). Triton 3.9 waits by itself.
+the remaining races in the compiled loop: tests/test_kernel_sass.py wants none). Triton 3.9 waits by itself.
 `tl.dot_scaled` cannot do dX at all: its scales must run along the reduction dim, and there they run along the output
 dim. The fp32 path (fp16-only GPUs) is the wx kernels with float32 dots.
 

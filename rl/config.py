@@ -130,12 +130,12 @@ class TrainConfig:
     compile_generation: bool = False
     """`transformers` generator only: decode with rl/graphed_decode.py, a static KV cache whose decode step (forward,
     warpers, seeded draw) is compiled by Inductor and replayed as one CUDA graph per token on a GPU (gpt-oss-20b shape,
-    batch 32, H100: 13.8 ms a token, 72 tokens/s per sequence; docs/BENCHMARKS.md); where that graph cannot be recorded, with transformers' compiled `generate` (gpt-oss-20b step
-    on an H100, 256 new tokens: generation 3.2x faster than eager, the step 1.6x, the same peak memory, after a one-off
-    compile of about 4 minutes). Prompts are left-padded to a multiple of 128 tokens and every call samples one batch
-    of fixed rows, so the shapes (and the graphs) repeat. The compiled decode is not eager's bit for bit, so TRL's
-    importance-sampling correction is on, as for vLLM. On a CPU the same decode loop runs eagerly: only the static
-    cache and the padding apply."""
+    batch 32, H100: 13.8 ms a token, 72 tokens/s per sequence; docs/BENCHMARKS.md); where that graph cannot be
+    recorded, with transformers' compiled `generate` (gpt-oss-20b step on an H100, 256 new tokens: generation 3.2x
+    faster than eager, the step 1.6x, the same peak memory, after a one-off compile of about 4 minutes). Prompts are
+    left-padded to a multiple of 128 tokens and every call samples one batch of fixed rows, so the shapes (and the
+    graphs) repeat. The compiled decode is not eager's bit for bit, so TRL's importance-sampling correction is on, as
+    for vLLM. On a CPU the same decode loop runs eagerly: only the static cache and the padding apply."""
     vllm_memory_utilization: float = 0.3
     """Share of the GPU's memory (on CPU: of RAM) vLLM may take for its weights and KV cache; the trainer keeps the
     rest."""
