@@ -49,6 +49,14 @@ import triton.language as tl
 
 INTERPRETED: bool = bool(triton.knobs.runtime.interpret)
 """True when these kernels were built by the Triton interpreter (the env var is read when @triton.jit runs)."""
+WEIGHT_SHIFT = 24
+"""The decoders make each weight times 2^-WEIGHT_SHIFT and the wx kernels multiply their float32 sums by
+2^WEIGHT_SHIFT. Why: a code placed in a float's bits reads as the code times 2^-126, and one multiply by
+2^(s - 1 - WEIGHT_SHIFT) then scales it, where 2^(s - 1) itself would overflow above s = 128 and take a second
+multiply (by 2^126, then by the scale: one instruction in five of the packed decoders). Every value on the way stays a
+normal float for s in [mxfp4.MIN_SCALE, mxfp4.MAX_SCALE] = [26, 152], weights of 2^-102 to 12 * 2^24."""
+_SCALE_OFFSET = tl.constexpr(126 - WEIGHT_SHIFT)  # s + this = the float exponent field of 2^(s - 1 - WEIGHT_SHIFT)
+_UNSHIFT = tl.constexpr(2.0**WEIGHT_SHIFT)
 
 
 @triton.jit
@@ -109,37 +117,36 @@ def _mxfp4_scaled_kernel(
 
 @triton.jit
 def _e2m1_to_bf16(codes, scale):
-    """e2m1 codes (int32, the code in bits 0..3) and their scale 2^(s - 127) (float32) -> the exact bfloat16 values.
+    """e2m1 codes (int32, the code in bits 0..3) and the multiplier 2^(s - 1 - WEIGHT_SHIFT) (float32) -> the exact
+    bfloat16 values times 2^-WEIGHT_SHIFT.
 
     The code's sign and 3 magnitude bits go to float32 bits 31 and 24..22, which read as the code times 2^-126 (the
-    code 0.5 becomes a denormal); two exact multiplies, by 2^126 and by the scale, finish it. That is 3 integer and 2
-    float ops a code, against ~11 integer ops for building the bf16 bits with 0.5 and 0 handled apart (measured on the
-    H100: 20-45% faster kernels); it needs denormals kept, which Triton's float multiply does. (One multiply by
-    2^(s - 1) would overflow float32 above s = 128.)
+    code 0.5 becomes a denormal); one exact multiply finishes it. That is 3 integer ops and 1 float op a code, against
+    ~11 integer ops for building the bf16 bits with 0.5 and 0 handled apart (measured on the H100: 20-45% faster
+    kernels); it needs denormals kept, which Triton's float multiply does.
     """
     raw = (((codes & 7) << 22) | ((codes & 8) << 28)).to(tl.float32, bitcast=True)
-    return (raw * 8.507059173023462e37 * scale).to(tl.bfloat16)  # 2^126
+    return (raw * scale).to(tl.bfloat16)
 
 
 @triton.jit
 def _e2m1_bytes_to_bf16(codes, scale_pair):
-    """Bytes of two e2m1 codes (uint8) and 2^(s - 127) as bf16 bits in both halves of an int32 -> the exact bfloat16
-    values of (low nibble, high nibble), four bytes per PTX block (GPUs of compute capability 9+ only).
+    """Bytes of two e2m1 codes (uint8) and the multiplier 2^(s - 1 - WEIGHT_SHIFT) as bf16 bits in both halves of an
+    int32 -> the exact bfloat16 values of (low nibble, high nibble) times 2^-WEIGHT_SHIFT, four bytes per PTX block
+    (GPUs of compute capability 9+ only).
 
     The idea of _e2m1_to_bf16, two codes per instruction, and each byte's two codes in one register, low nibble in the
     low half: the k order the forward's dot takes its left operand in, so joining the two halves into the tile costs
     no instruction (one prmt a register when the halves came from different bytes). The nibbles are split (and, shr),
     prmt puts byte i's low and high nibble into the two 16-bit lanes, one multiply by 2^12 + 2^6 copies each code
     to bits 12..15 and 6..9 of its lane (disjoint: no carry), and one and keeps the sign at bit 15 and the 3
-    magnitude bits at 8..6 (the code times 2^-126, 0.5 a subnormal); two mul.bf16x2 (by 2^126, then by the scale)
-    finish both lanes: 5.75 instructions a register of two codes against 7.5 before (sm_90 SASS, bench/sass_loop.py).
-    The scale is applied in two steps because 2^(s - 1) overflows bf16 above s = 128.
+    magnitude bits at 8..6 (the code times 2^-126, 0.5 a subnormal); one mul.bf16x2 finishes both lanes: 4.75
+    instructions a register of two codes.
     """
     pairs = tl.inline_asm_elementwise(
         asm="""
         {
-        .reg .b32 lo, hi, bias;
-        mov.b32 bias, 0x7E807E80;
+        .reg .b32 lo, hi;
         and.b32 lo, $4, 0x0F0F0F0F;
         shr.b32 hi, $4, 4;
         and.b32 hi, hi, 0x0F0F0F0F;
@@ -149,10 +156,10 @@ def _e2m1_bytes_to_bf16(codes, scale_pair):
         mul.lo.u32 $1, $1, 0x1040;  and.b32 $1, $1, 0x81C081C0;
         mul.lo.u32 $2, $2, 0x1040;  and.b32 $2, $2, 0x81C081C0;
         mul.lo.u32 $3, $3, 0x1040;  and.b32 $3, $3, 0x81C081C0;
-        mul.rn.bf16x2 $0, $0, bias;  mul.rn.bf16x2 $0, $0, $5;
-        mul.rn.bf16x2 $1, $1, bias;  mul.rn.bf16x2 $1, $1, $6;
-        mul.rn.bf16x2 $2, $2, bias;  mul.rn.bf16x2 $2, $2, $7;
-        mul.rn.bf16x2 $3, $3, bias;  mul.rn.bf16x2 $3, $3, $8;
+        mul.rn.bf16x2 $0, $0, $5;
+        mul.rn.bf16x2 $1, $1, $6;
+        mul.rn.bf16x2 $2, $2, $7;
+        mul.rn.bf16x2 $3, $3, $8;
         }
         """,
         constraints="=r,=r,=r,=r,r,r,r,r,r",
@@ -168,30 +175,29 @@ def _e2m1_bytes_to_bf16(codes, scale_pair):
 
 @triton.jit
 def _e2m1_pairs_to_bf16(codes, scale_bits):
-    """Bytes of two e2m1 codes (uint8) and the bf16 bits of their scale 2^(s - 127) (int16, s << 7) -> the exact
-    bfloat16 values of (low nibble, high nibble), four bytes per PTX block (GPUs of compute capability 9+ only).
+    """Bytes of two e2m1 codes (uint8) and the bf16 bits of the multiplier 2^(s - 1 - WEIGHT_SHIFT) (int16) -> the
+    exact bfloat16 values of (low nibble, high nibble) times 2^-WEIGHT_SHIFT, four bytes per PTX block (GPUs of
+    compute capability 9+ only).
 
     The same idea as _e2m1_to_bf16, two codes per instruction: prmt spreads two bytes into the two 16-bit lanes of a
     register, shifts and masks put each code's sign at bit 15 and its 3 magnitude bits at 8..6 of its lane (the code
-    times 2^-126, 0.5 a subnormal), and two mul.bf16x2 (by 2^126, then by the scale) finish both lanes at once: about
-    3 operations a code against about 11. The scale is applied in two steps because 2^(s - 1) overflows bf16 above
-    s = 128.
+    times 2^-126, 0.5 a subnormal), and one mul.bf16x2 finishes both lanes at once: about 3 operations a code against
+    about 11.
     """
     return tl.inline_asm_elementwise(
         asm="""
         {
-        .reg .b32 lo, hi, t, bias;
-        mov.b32 bias, 0x7E807E80;
+        .reg .b32 lo, hi, t;
         prmt.b32 lo, $4, 0, 0x4140;
         prmt.b32 hi, $4, 0, 0x4342;
         shl.b32 t, lo, 12;  and.b32 t, t, 0x80008000;  shl.b32 $0, lo, 6;  and.b32 $0, $0, 0x01C001C0;  or.b32 $0, $0, t;
         shl.b32 t, hi, 12;  and.b32 t, t, 0x80008000;  shl.b32 $1, hi, 6;  and.b32 $1, $1, 0x01C001C0;  or.b32 $1, $1, t;
         shl.b32 t, lo, 8;  and.b32 t, t, 0x80008000;  shl.b32 $2, lo, 2;  and.b32 $2, $2, 0x01C001C0;  or.b32 $2, $2, t;
         shl.b32 t, hi, 8;  and.b32 t, t, 0x80008000;  shl.b32 $3, hi, 2;  and.b32 $3, $3, 0x01C001C0;  or.b32 $3, $3, t;
-        mul.rn.bf16x2 $0, $0, bias;  mul.rn.bf16x2 $0, $0, $5;
-        mul.rn.bf16x2 $1, $1, bias;  mul.rn.bf16x2 $1, $1, $6;
-        mul.rn.bf16x2 $2, $2, bias;  mul.rn.bf16x2 $2, $2, $5;
-        mul.rn.bf16x2 $3, $3, bias;  mul.rn.bf16x2 $3, $3, $6;
+        mul.rn.bf16x2 $0, $0, $5;
+        mul.rn.bf16x2 $1, $1, $6;
+        mul.rn.bf16x2 $2, $2, $5;
+        mul.rn.bf16x2 $3, $3, $6;
         }
         """,
         constraints="=r,=r,=r,=r,r,r,r",
@@ -216,9 +222,10 @@ def _weight_tile(W, S, n, n_ok, b0, K_BYTES, stride_wn, stride_sn, DOT_DTYPE: tl
                  SWIZZLED: tl.constexpr):  # fmt: skip
     """Rows n of W_e, bytes b0 .. b0 + BLOCK_BYTES, dequantised: (even k, odd k), each [BLOCK_N, BLOCK_BYTES], or
     [BLOCK_BYTES, BLOCK_N] when TRANSPOSED, loaded that way (dX: 1.3-1.5x faster than transposing in registers, which
-    goes through shared memory). The scales, one byte per 16 bytes of codes, are loaded and turned into 2^(s - 127)
-    once, then broadcast. SWIZZLED (forward only): the bytes of each 16 taken in `swizzle_k` order, tile column 4a + b
-    holding byte 4b + a, a reshape that lets each thread load its 4 bytes at once."""
+    goes through shared memory). The scales, one byte per 16 bytes of codes, are loaded and turned into the decoders'
+    multiplier once, then broadcast; the values come out times 2^-WEIGHT_SHIFT. SWIZZLED (forward only): the bytes of
+    each 16 taken in `swizzle_k` order, tile column 4a + b holding byte 4b + a, a reshape that lets each thread load its
+    4 bytes at once."""
     byte = b0 + tl.arange(0, BLOCK_BYTES)
     group = b0 // 16 + tl.arange(0, BLOCK_BYTES // 16)
     if TRANSPOSED:  # k down the tile, n across
@@ -230,10 +237,11 @@ def _weight_tile(W, S, n, n_ok, b0, K_BYTES, stride_wn, stride_sn, DOT_DTYPE: tl
         codes = tl.reshape(codes, (BLOCK_N, BLOCK_BYTES // 16, 4, 4))
         codes = tl.reshape(tl.permute(codes, (0, 1, 3, 2)), (BLOCK_N, BLOCK_BYTES))
     s = tl.load(S + n * stride_sn + group, mask=n_ok & (group < K_BYTES // 16), other=127).to(tl.int32)
+    s += _SCALE_OFFSET  # the decoders' one multiplier, 2^(s - 1 - WEIGHT_SHIFT): its exponent field
     if PACKED and TRANSPOSED:
-        s = (s << 7).to(tl.int16)  # the bfloat16 bits of 2^(s - 127)
+        s = (s << 7).to(tl.int16)  # its bfloat16 bits
     elif PACKED:
-        s = (s << 7) | (s << 23)  # the bfloat16 bits of 2^(s - 127), twice
+        s = (s << 7) | (s << 23)  # its bfloat16 bits, twice
     else:
         s = (s << 23).to(tl.float32, bitcast=True)
     if TRANSPOSED:
@@ -278,6 +286,7 @@ def _mxfp4_wx_kernel(
         acc = tl.dot(w, tl.trans(x.to(DOT_DTYPE)), acc, input_precision="ieee")
         if PACKED:  # compute capability 9+: the dot is a wgmma reading w from registers
             acc = _settled(acc)
+    acc *= _UNSHIFT
     if HAS_BIAS:
         acc += tl.load(Bias + expert * stride_be + n, mask=n_ok, other=0.0).to(tl.float32)[:, None]
     y_ok = n_ok[:, None] & row_ok[None, :]
@@ -313,6 +322,8 @@ def _mxfp4_wx_transposed_kernel(
         acc_odd = tl.dot(w_odd, dy_t, acc_odd, input_precision="ieee")
         if PACKED:  # as in the forward: the dots are wgmmas reading the codes from registers
             acc_even, acc_odd = _settled(acc_even), _settled(acc_odd)
+    acc_even *= _UNSHIFT
+    acc_odd *= _UNSHIFT
     byte = b0 + tl.arange(0, BLOCK_K // 2)
     dx_ptr = DX + rows[None, :] * stride_dxm + 2 * byte[:, None]
     dx_ok = (byte[:, None] < K_BYTES) & row_ok[None, :]

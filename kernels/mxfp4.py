@@ -14,6 +14,8 @@ tested against; it materialises full-precision weights, so it never runs in a ho
 
 import torch
 
+from oss_grpo.kernels._mxfp4_matmul import WEIGHT_SHIFT
+
 # The 16 e2m1 values in code order: codes 0..7 are +0, .5, 1, 1.5, 2, 3, 4, 6 and codes 8..15 their negatives.
 E2M1_VALUES: tuple[float, ...] = (
     +0.0, +0.5, +1.0, +1.5, +2.0, +3.0, +4.0, +6.0,
@@ -24,9 +26,9 @@ BLOCK = 32
 SCALE_BIAS = 127
 # Midpoints between consecutive e2m1 magnitudes: rounding a magnitude = counting the midpoints below it.
 _MIDPOINTS = (0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0)
-# The scale exponent is clamped so that every code times 2^(s-127) is a normal float32/bfloat16 number: the
-# Triton kernels build those bits directly (see _mxfp4_matmul.py). Real checkpoints use s in about [100, 135].
-MIN_SCALE, MAX_SCALE = 2, 252
+MIN_SCALE, MAX_SCALE = 2 + WEIGHT_SHIFT, 128 + WEIGHT_SHIFT
+"""The scales the Triton kernels decode exactly (_mxfp4_matmul.WEIGHT_SHIFT): quantize clamps to them, the loaders
+refuse a checkpoint with a larger one (`check_scales`). Below MIN_SCALE a weight under 2^-102 may round."""
 
 
 def unpack_codes(blocks: torch.Tensor) -> torch.Tensor:
@@ -54,6 +56,15 @@ def dequantize(blocks: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype = 
     values = table[unpack_codes(blocks).int()].unflatten(-1, (-1, BLOCK))  # (..., K/32, 32)
     values = torch.ldexp(values, (scales.to(torch.int32) - SCALE_BIAS).unsqueeze(-1).to(wide))
     return values.flatten(-2).to(dtype)
+
+
+def check_scales(name: str, scales: torch.Tensor) -> None:
+    """Raise ValueError naming `name` when a scale exceeds MAX_SCALE (2^26 or more, no trained weight's; the kernels
+    would decode infinities). One reduction: run it when weights load, never per call."""
+    largest = int(scales.max()) if scales.numel() else 0
+    if largest > MAX_SCALE:
+        raise ValueError(f"{name}: MXFP4 scale {largest} (2^{largest - SCALE_BIAS}) is above {MAX_SCALE}, the largest "
+                         "the expert kernels decode")
 
 
 def quantize(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

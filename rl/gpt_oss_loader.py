@@ -10,7 +10,8 @@ transformers' own loader either needs the kernel hub's `triton_kernels` for MXFP
    `*_blocks`/`*_scales` copied as bytes), so the extra memory is one tensor at a time;
 4. recomputes the rotary frequencies, the only non-persistent buffers.
 
-A tensor missing from the checkpoint, or one the model has no place for, is a CheckpointError naming it.
+A tensor missing from the checkpoint, one the model has no place for, or expert scales beyond what the kernels decode
+(mxfp4.check_scales) is a CheckpointError naming it.
 `save_mxfp4_gpt_oss` writes that layout back (a quantised bf16 model saved once loads in seconds next time; the GPU
 benches write random gpt-oss-20b-shaped checkpoints with it).
 """
@@ -26,6 +27,7 @@ from safetensors.torch import save_file
 from transformers import AutoConfig, GptOssConfig, GptOssForCausalLM
 from transformers.models.gpt_oss.modeling_gpt_oss import GptOssRotaryEmbedding
 
+from oss_grpo.kernels.mxfp4 import check_scales
 from oss_grpo.rl.errors import CheckpointError
 from oss_grpo.rl.moe import PROJECTIONS, Fp32Router, Mxfp4Experts
 
@@ -115,6 +117,11 @@ def load_mxfp4_gpt_oss(path: str | Path, dtype: torch.dtype, device: str | torch
             raise CheckpointError(f"{name}: shape {tuple(tensor.shape)} in {path}, model expects {tuple(target.shape)}")
         with torch.no_grad():
             target.copy_(tensor)
+        if name.endswith("_scales"):
+            try:
+                check_scales(f"{path}: {name}", target)
+            except ValueError as error:
+                raise CheckpointError(str(error)) from None
         targets = {other: t for other, t in targets.items() if t is not target}
     if targets:
         raise CheckpointError(f"{path}: no tensor for {', '.join(sorted(targets)[:5])} ({len(targets)} missing)")

@@ -17,7 +17,7 @@ from torch import nn
 from transformers.models.gpt_oss.modeling_gpt_oss import GptOssExperts, GptOssForCausalLM, GptOssTopKRouter
 
 from oss_grpo.kernels.expert_matmul import ExpertLora, expert_linear
-from oss_grpo.kernels.mxfp4 import quantize
+from oss_grpo.kernels.mxfp4 import check_scales, quantize
 from oss_grpo.kernels.routing import ExpertGroups, route, sort_by_expert
 from oss_grpo.kernels.swiglu import swiglu
 
@@ -55,6 +55,8 @@ class Mxfp4Experts(nn.Module):
     ) -> None:
         super().__init__()
         for proj in PROJECTIONS:
+            if not scales[proj].is_meta:  # the loader builds on meta and checks the scales as they arrive
+                check_scales(f"{proj}_scales", scales[proj])
             self.register_buffer(f"{proj}_blocks", blocks[proj])
             self.register_buffer(f"{proj}_scales", scales[proj])
             self.register_parameter(f"{proj}_bias", nn.Parameter(biases[proj]))

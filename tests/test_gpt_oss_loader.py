@@ -13,7 +13,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import GptOssForCausalLM
 
-from oss_grpo.kernels.mxfp4 import dequantize
+from oss_grpo.kernels.mxfp4 import MAX_SCALE, dequantize
 from oss_grpo.rl.config import TrainConfig
 from oss_grpo.rl.errors import CheckpointError
 from oss_grpo.rl.gpt_oss_loader import is_mxfp4_checkpoint, load_mxfp4_gpt_oss, save_mxfp4_gpt_oss
@@ -122,3 +122,20 @@ def test_missing_and_unexpected_tensors_are_named(checkpoint, tmp_path) -> None:
     save_mxfp4_gpt_oss(broken, tmp_path / "unexpected")
     with pytest.raises(CheckpointError, match=r"model\.layers\.1\.self_attn\.extra"):
         load_mxfp4_gpt_oss(tmp_path / "unexpected", torch.float32)
+
+
+def test_scales_beyond_what_the_kernels_decode_are_named(tmp_path) -> None:
+    """A scale above MAX_SCALE would decode as infinity: the loader refuses the checkpoint naming the tensor, and
+    Mxfp4Experts built from such tensors refuses them too."""
+    broken = swap_experts(build_tiny_model(seed=0, dtype=torch.bfloat16, **SHAPE))
+    experts = broken.model.layers[1].mlp.experts
+    experts.down_proj_scales[0, 0, 0] = MAX_SCALE + 1
+    save_mxfp4_gpt_oss(broken, tmp_path / "huge")
+    name = r"layers\.1\.mlp\.experts\.down_proj_scales"
+    with pytest.raises(CheckpointError, match=rf"{name}: MXFP4 scale {MAX_SCALE + 1}"):
+        load_mxfp4_gpt_oss(tmp_path / "huge", torch.float32)
+    scales = {proj: getattr(experts, f"{proj}_scales") for proj in PROJECTIONS}
+    blocks = {proj: getattr(experts, f"{proj}_blocks") for proj in PROJECTIONS}
+    biases = {proj: getattr(experts, f"{proj}_bias") for proj in PROJECTIONS}
+    with pytest.raises(ValueError, match="down_proj_scales"):
+        Mxfp4Experts(blocks, scales, biases, experts.alpha, experts.limit)

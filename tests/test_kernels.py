@@ -16,7 +16,16 @@ from oss_grpo.kernels import _mxfp4_matmul
 from oss_grpo.kernels import mxfp4_matmul as mxfp4_matmul_module
 from oss_grpo.kernels.expert_matmul import ExpertLora, expert_linear, expert_linear_torch
 from oss_grpo.kernels.grouped_matmul import grouped_matmul, grouped_matmul_torch, grouped_outer, grouped_outer_torch
-from oss_grpo.kernels.mxfp4 import E2M1_VALUES, dequantize, pack_codes, quantize, unpack_codes
+from oss_grpo.kernels.mxfp4 import (
+    E2M1_VALUES,
+    MAX_SCALE,
+    MIN_SCALE,
+    check_scales,
+    dequantize,
+    pack_codes,
+    quantize,
+    unpack_codes,
+)
 from oss_grpo.kernels.mxfp4_matmul import (
     Tiles,
     mxfp4_matmul,
@@ -82,16 +91,18 @@ def _decode_bytes(Codes, ScaleBits, Even, Odd, SIZE: tl.constexpr, IN_K_ORDER: t
                     reason="PTX bf16x2 decoding: a GPU of compute capability 9+ (the interpreter runs no PTX)")
 @pytest.mark.parametrize("in_k_order", [True, False], ids=["bytes_to_bf16", "pairs_to_bf16"])
 def test_packed_decoding_is_exact_for_every_byte_and_scale(in_k_order: bool) -> None:
-    """Both PTX decoders against dequantize, bit for bit: all 256 bytes (every pair of codes) under scales from
-    2^-126 (subnormal results) to 2^127 (overflow to infinity), subnormal and zero codes included."""
-    for s in (1, 2, 100, 119, 127, 128, 129, 140, 200, 254):
+    """Both PTX decoders against dequantize times 2^-WEIGHT_SHIFT, bit for bit: all 256 bytes (every pair of codes)
+    under scales across the window they serve, subnormal and zero codes included."""
+    for s in (MIN_SCALE, 100, 119, 127, 128, 129, 140, MAX_SCALE):
         codes = torch.arange(256, dtype=torch.uint8, device="cuda")
-        bits = (s << 7) | (s << 23) if in_k_order else s << 7  # the bf16 bits of the scale, twice or once
+        field = s + 126 - _mxfp4_matmul.WEIGHT_SHIFT  # the exponent field of the multiplier 2^(s - 1 - WEIGHT_SHIFT)
+        bits = (field << 7) | (field << 23) if in_k_order else field << 7  # its bf16 bits, twice or once
         scale_bits = torch.full((256,), bits, dtype=torch.int32, device="cuda")
         even, odd = (torch.empty(256, dtype=torch.bfloat16, device="cuda") for _ in range(2))
         _decode_bytes[(1,)](codes, scale_bits, even, odd, SIZE=256, IN_K_ORDER=in_k_order)
-        expected = dequantize(codes.view(256, 1, 1).expand(256, 1, 16), torch.full((256, 1), s, dtype=torch.uint8,
-                              device="cuda"), torch.float32)[:, :2].bfloat16()  # fmt: skip
+        scales = torch.full((256, 1), s, dtype=torch.uint8, device="cuda")
+        weights = dequantize(codes.view(256, 1, 1).expand(256, 1, 16), scales, torch.float32)[:, :2]
+        expected = (weights * 2.0**-_mxfp4_matmul.WEIGHT_SHIFT).bfloat16()  # exact: a power of two, normal results
         assert torch.equal(even, expected[:, 0]) and torch.equal(odd, expected[:, 1]), s
 
 
@@ -129,6 +140,14 @@ def test_quantize_rounds_to_nearest_even_and_saturates() -> None:
     assert dequantize(blocks, scales, torch.float64)[:10].tolist() == expected
     big = torch.full((32,), 7.9, dtype=torch.float64)  # amax 7.9 keeps scale 2^0, then saturates
     assert dequantize(*quantize(big), torch.float64).unique().tolist() == [6.0]
+
+
+def test_quantize_keeps_to_the_scales_the_kernels_decode_and_larger_ones_are_named() -> None:
+    tiny, huge = torch.full((32,), 2.0**-120, dtype=torch.float64), torch.full((32,), 2.0**40, dtype=torch.float64)
+    assert quantize(tiny)[1].item() == MIN_SCALE and quantize(huge)[1].item() == MAX_SCALE
+    check_scales("ok", torch.tensor([MIN_SCALE, MAX_SCALE], dtype=torch.uint8))
+    with pytest.raises(ValueError, match=rf"layer\.3\.down_proj_scales: MXFP4 scale {MAX_SCALE + 1}"):
+        check_scales("layer.3.down_proj_scales", torch.tensor([127, MAX_SCALE + 1], dtype=torch.uint8))
 
 
 def test_quantize_error_is_at_most_half_the_widest_grid_gap() -> None:
@@ -276,6 +295,27 @@ def test_mxfp4_matmul_transposed_matches_reference(counts: list[int], n: int, k:
     dx = mxfp4_matmul_transposed(dy, blocks, scales, groups)
     assert dx.dtype == dtype and dx.shape == (sum(counts), k)
     assert_close_to(dx, mxfp4_matmul_transposed_torch(dy.double(), blocks, scales, groups), dtype)
+
+
+@pytest.mark.parametrize("scale", [MIN_SCALE, MAX_SCALE])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_both_ends_of_the_scale_window_decode_exactly(scale: int, dtype: torch.dtype) -> None:
+    """Weights of 2^-102 (every scale MIN_SCALE) and of 12 * 2^24 (MAX_SCALE) through the forward and dX: the one
+    multiply of the decoders and the sums scaled back by 2^WEIGHT_SHIFT neither flush nor overflow. |x| in [1, 2):
+    products stay normal floats too, as the tensor cores may flush below (only far smaller weights ever meet that)."""
+    counts, n, k = [3, 0, 20], 40, 96
+    blocks, _ = random_mxfp4((len(counts), n, k), seed=6)
+    scales = torch.full((len(counts), n, k // 32), scale, dtype=torch.uint8)
+    g = torch.Generator().manual_seed(7)
+    signs = lambda *shape: torch.randint(0, 2, shape, generator=g) * 2 - 1  # noqa: E731
+    x = (signs(sum(counts), k) * (1 + torch.rand(sum(counts), k, generator=g))).to(dtype)
+    dy = (signs(sum(counts), n) * (1 + torch.rand(sum(counts), n, generator=g))).to(dtype)
+    groups = ExpertGroups.from_counts(torch.tensor(counts, device=DEVICE), sum(counts))
+    blocks, scales, x, dy = (t.to(DEVICE) for t in (blocks, scales, x, dy))
+    y, dx = mxfp4_matmul(x, blocks, scales, groups), mxfp4_matmul_transposed(dy, blocks, scales, groups)
+    assert_close_to(y, mxfp4_matmul_torch(x.double(), blocks, scales, groups), dtype)
+    assert_close_to(dx, mxfp4_matmul_transposed_torch(dy.double(), blocks, scales, groups), dtype)
+    assert y.abs().max() > 0 and dx.abs().max() > 0
 
 
 @pytest.mark.parametrize("tiles", [Tiles(64, 64, 128, 4, 3, swizzled=True), Tiles(16, 32, 64, 2, 3, swizzled=True)])
