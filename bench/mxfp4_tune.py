@@ -75,15 +75,17 @@ def launcher(kind: str, cfg: tuple[int, int, int, int, int], x, dy, w, scales, g
         return lambda: (kernel[grid](*args, *strides, **decode, **opts), out)[1]
     out = torch.empty(x.shape[0], N, dtype=x.dtype, device=x.device)
     grid = (triton.cdiv(N, bn), tiles)
+    tables = (x, groups.offsets, groups.num_experts, x, x)  # no bias, no LoRA: placeholders never read
+    no_extras = (0, 0, 0, 0, 0, 0.0)  # the bias's and the LoRA factors' strides and scale
+    opts |= dict(HAS_BIAS=False, HAS_LORA=False, R_PAD=16)
     if kind in ("wx", "wxs"):
-        args = (out, w, scales, x, groups.offsets, groups.num_experts, N, K // 2, x.stride(0), out.stride(0))
+        args = (out, w, scales, *tables, N, K // 2, 1, x.stride(0), out.stride(0), *strides, *no_extras)
         kernel = jit._mxfp4_wx_kernel
         swizzled = kind == "wxs"
         order = swizzle_k if swizzled else lambda x: x
-        return lambda: (kernel[grid](order(x), *args, *strides, 0, HAS_BIAS=False, SWIZZLED=swizzled, **decode, **opts),
-                        out)[1]  # fmt: skip
-    args = (x, out, w, scales, x, groups.offsets, groups.num_experts, N, K, x.stride(0), out.stride(0))
-    return lambda: (jit._mxfp4_scaled_kernel[grid](*args, *strides, 0, HAS_BIAS=False, **opts), out)[1]
+        return lambda: (kernel[grid](order(x), *args, SWIZZLED=swizzled, **decode, **opts), out)[1]
+    args = (x, out, w, scales, *tables, N, K, 1, x.stride(0), out.stride(0), *strides, *no_extras)
+    return lambda: (jit._mxfp4_scaled_kernel[grid](*args, DOT_DTYPE=jit.tl.bfloat16, **opts), out)[1]
 
 
 def main() -> None:

@@ -27,7 +27,7 @@ DIVISIBLE = {"N", "K", "K_BYTES", "num_experts", "stride_xm", "stride_ym", "stri
              "stride_wn", "stride_se", "stride_be"}  # fmt: skip
 """Integer arguments that are multiples of 16 at gpt-oss shapes (stride_sn = K / 32 = 90 is not)."""
 POINTERS = {"X": "*bf16", "Y": "*bf16", "DY": "*bf16", "DX": "*bf16", "Bias": "*bf16", "W": "*u8", "S": "*u8",
-            "V": "*fp32", "Offsets": "*i32", "TileExpert": "*i32", "TileRow": "*i32"}  # fmt: skip
+            "V": "*fp32", "XA": "*bf16", "LB": "*fp32", "Offsets": "*i32", "TileExpert": "*i32", "TileRow": "*i32"}  # fmt: skip
 
 
 def compile_kernel(path: Path, name: str, tile: tuple[int, ...], swizzled: bool, accumulate: bool):
@@ -36,9 +36,10 @@ def compile_kernel(path: Path, name: str, tile: tuple[int, ...], swizzled: bool,
     spec.loader.exec_module(module)
     fn = getattr(module, name)
     block_m, block_n, block_k, warps, stages = tile
-    values = dict(HAS_BIAS=False, DOT_DTYPE=triton.language.bfloat16, PACKED=True, SWIZZLED=swizzled, E_PAD=32,
-                  ACCUMULATE=accumulate, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k)  # fmt: skip
-    signature = {a: POINTERS.get(a, "fp32" if a == "scale" else "i32") for a in fn.arg_names}
+    values = dict(HAS_BIAS=False, HAS_LORA=False, R_PAD=16, DOT_DTYPE=triton.language.bfloat16, PACKED=True,
+                  SWIZZLED=swizzled, E_PAD=32, ACCUMULATE=accumulate, BLOCK_M=block_m, BLOCK_N=block_n,
+                  BLOCK_K=block_k)  # fmt: skip
+    signature = {a: POINTERS.get(a, "fp32" if a in ("scale", "lora_scale") else "i32") for a in fn.arg_names}
     constants = {}
     for i, arg in enumerate(fn.arg_names):
         if fn.params[i].is_constexpr:

@@ -4,6 +4,7 @@ Math. Rows of x are token copies sorted by expert: rows offsets[e]:offsets[e+1] 
 none). Each expert e has a weight W_e [N, K] (out, in) in MXFP4, w[n, k] = E2M1[code] * 2^(s[n, k // 32] - 127).
 
     _mxfp4_wx_kernel             y[r, n]  = sum_k  x[r, k] W_e[n, k] (+ bias[e, n])    forward, reduce over K
+                                 (+ s sum_j xa[r, j] B_e[n, j]: LoRA's B product, xa = x A_e^T)
     _mxfp4_scaled_kernel         the same by tl.dot_scaled (bf16 x, many rows per expert; native on Blackwell)
     _mxfp4_wx_transposed_kernel  dx[r, k] = sum_n dy[r, n] W_e[n, k]                   grad wrt x, reduce over N
     _grouped_matmul_kernel       y[r, n] (+)= s sum_k x[r, k] V_e[k, n]  V dense, any strides (LoRA A and B)
@@ -83,11 +84,29 @@ def _tile(Offsets, num_experts, BLOCK_M: tl.constexpr, E_PAD: tl.constexpr):
 
 
 @triton.jit
+def _lora_b_term(XA, LB, expert, rows, row_ok, n, n_ok, R, stride_xam, stride_lbe, stride_lbn, stride_lbr, lora_scale,
+                 DOT_DTYPE: tl.constexpr, R_PAD: tl.constexpr, ROWS_FIRST: tl.constexpr):  # fmt: skip
+    """s (x A_e^T) B_e^T for a tile's rows and outputs, [rows, n] if ROWS_FIRST else [n, rows]: LoRA's second
+    product, added where the projection's outputs are made instead of by a launch and an [M, N] pass of its own.
+    x A_e^T comes in as XA [M, R]; B_e [N, R] is rounded to XA's dtype as it loads, as grouped_matmul does."""
+    r = tl.arange(0, R_PAD)
+    xa = tl.load(XA + rows[:, None] * stride_xam + r[None, :], mask=row_ok[:, None] & (r[None, :] < R), other=0.0)
+    b = tl.load(LB + expert * stride_lbe + n[:, None] * stride_lbn + r[None, :] * stride_lbr,
+                mask=n_ok[:, None] & (r[None, :] < R), other=0.0).to(XA.dtype.element_ty)  # fmt: skip
+    xa, b = xa.to(DOT_DTYPE), b.to(DOT_DTYPE)
+    if ROWS_FIRST:
+        return lora_scale * tl.dot(xa, tl.trans(b), input_precision="ieee")
+    return lora_scale * tl.dot(b, tl.trans(xa), input_precision="ieee")
+
+
+@triton.jit
 def _mxfp4_scaled_kernel(
-    X, Y, W, S, Bias, Offsets, num_experts,
-    N, K,
+    X, Y, W, S, Bias, Offsets, num_experts, XA, LB,
+    N, K, R,
     stride_xm, stride_ym, stride_we, stride_wn, stride_se, stride_sn, stride_be,
-    HAS_BIAS: tl.constexpr, E_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    stride_xam, stride_lbe, stride_lbn, stride_lbr, lora_scale,
+    HAS_BIAS: tl.constexpr, HAS_LORA: tl.constexpr, R_PAD: tl.constexpr, DOT_DTYPE: tl.constexpr,
+    E_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     """y = x W_e^T by tl.dot_scaled (bf16 x): Blackwell applies the scales in the tensor cores, Hopper emulates."""
     expert, rows, row_ok = _tile(Offsets, num_experts, BLOCK_M, E_PAD)
@@ -111,6 +130,9 @@ def _mxfp4_scaled_kernel(
         acc = tl.dot_scaled(x, None, "bf16", w, s, "e2m1", acc)
     if HAS_BIAS:
         acc += tl.load(Bias + expert * stride_be + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    if HAS_LORA:
+        acc += _lora_b_term(XA, LB, expert, rows, row_ok, cols, col_ok, R, stride_xam, stride_lbe, stride_lbn,
+                            stride_lbr, lora_scale, DOT_DTYPE, R_PAD, ROWS_FIRST=True)  # fmt: skip
     y_ok = row_ok[:, None] & col_ok[None, :]
     tl.store(Y + rows[:, None] * stride_ym + cols[None, :], acc.to(Y.dtype.element_ty), mask=y_ok)
 
@@ -258,15 +280,17 @@ def _weight_tile(W, S, n, n_ok, b0, K_BYTES, stride_wn, stride_sn, DOT_DTYPE: tl
 
 @triton.jit
 def _mxfp4_wx_kernel(
-    X, Y, W, S, Bias, Offsets, num_experts,
-    N, K_BYTES,
+    X, Y, W, S, Bias, Offsets, num_experts, XA, LB,
+    N, K_BYTES, R,
     stride_xm, stride_ym, stride_we, stride_wn, stride_se, stride_sn, stride_be,
-    HAS_BIAS: tl.constexpr, DOT_DTYPE: tl.constexpr, PACKED: tl.constexpr, SWIZZLED: tl.constexpr,
+    stride_xam, stride_lbe, stride_lbn, stride_lbr, lora_scale,
+    HAS_BIAS: tl.constexpr, HAS_LORA: tl.constexpr, R_PAD: tl.constexpr, DOT_DTYPE: tl.constexpr,
+    PACKED: tl.constexpr, SWIZZLED: tl.constexpr,
     E_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
-    """y^T = W_e x^T: the dequantised weights are the left operand, straight from registers into the tensor cores,
-    and a tile can hold as few as 16 rows. SWIZZLED: x's columns come in `swizzle_k` order, and W's codes are read in
-    the same order."""
+    """y^T = W_e x^T (+ bias, + LoRA's s B_e (x A_e^T)^T): the dequantised weights are the left operand, straight
+    from registers into the tensor cores, and a tile can hold as few as 16 rows. SWIZZLED: x's columns come in
+    `swizzle_k` order, and W's codes are read in the same order."""
     expert, rows, row_ok = _tile(Offsets, num_experts, BLOCK_M, E_PAD)
     if expert < 0:
         return
@@ -289,6 +313,9 @@ def _mxfp4_wx_kernel(
     acc *= _UNSHIFT
     if HAS_BIAS:
         acc += tl.load(Bias + expert * stride_be + n, mask=n_ok, other=0.0).to(tl.float32)[:, None]
+    if HAS_LORA:
+        acc += _lora_b_term(XA, LB, expert, rows, row_ok, n, n_ok, R, stride_xam, stride_lbe, stride_lbn, stride_lbr,
+                            lora_scale, DOT_DTYPE, R_PAD, ROWS_FIRST=False)  # fmt: skip
     y_ok = n_ok[:, None] & row_ok[None, :]
     tl.store(Y + rows[None, :] * stride_ym + n[:, None], acc.to(Y.dtype.element_ty), mask=y_ok)
 

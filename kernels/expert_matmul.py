@@ -1,7 +1,8 @@
 """One routed projection of every expert, y = x W_e^T + b_e + s (x A_e^T) B_e^T, as a torch.autograd.Function.
 
 W_e is frozen MXFP4 (no gradient, never materialised); the bias b and the LoRA factors A [E, r, K], B [E, N, r]
-(PEFT's per-expert orientation, A kaiming and B zero at init) are trainable. Backward:
+(PEFT's per-expert orientation, A kaiming and B zero at init) are trainable. Forward: x A_e^T by grouped_matmul, then
+mxfp4_matmul adds s (x A_e^T) B_e^T to the outputs it makes (`LoraProduct`). Backward:
 
     dx  = dy W_e  (+ s (dy B_e) A_e)     mxfp4_matmul_transposed: in-kernel dequant, tl.dot_scaled cannot do it;
                                          the LoRA term added into dx in place (grouped_matmul's `out`)
@@ -18,7 +19,7 @@ import torch
 
 from oss_grpo.kernels.grouped_matmul import grouped_matmul, grouped_outer
 from oss_grpo.kernels.mxfp4 import dequantize
-from oss_grpo.kernels.mxfp4_matmul import mxfp4_matmul, mxfp4_matmul_transposed
+from oss_grpo.kernels.mxfp4_matmul import LoraProduct, mxfp4_matmul, mxfp4_matmul_transposed
 from oss_grpo.kernels.routing import ExpertGroups
 
 
@@ -36,11 +37,8 @@ class ExpertLora:
 class _ExpertLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, blocks, scales, groups, bias, lora_a, lora_b, scaling):  # type: ignore[override]
-        y = mxfp4_matmul(x, blocks, scales, groups, bias)
-        xa = None
-        if lora_a is not None:
-            xa = grouped_matmul(x, lora_a.transpose(1, 2), groups)  # (M, r)
-            grouped_matmul(xa, lora_b.transpose(1, 2), groups, scaling, out=y)  # y += s xa B^T, in place
+        xa = None if lora_a is None else grouped_matmul(x, lora_a.transpose(1, 2), groups)  # (M, r)
+        y = mxfp4_matmul(x, blocks, scales, groups, bias, None if xa is None else LoraProduct(xa, lora_b, scaling))
         ctx.save_for_backward(x, blocks, scales, bias, xa, lora_a, lora_b)
         ctx.groups, ctx.scaling = groups, scaling
         return y

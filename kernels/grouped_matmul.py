@@ -4,8 +4,8 @@
                                   (scaled, and added into a given output in place: LoRA's terms join their outputs)
     grouped_outer(a, b, groups)   G[e] = a[rows_e]^T b[rows_e]  -> [E, P, Q] float32, zeros for an empty expert
 
-LoRA on an expert, y += s (x A_e^T) B_e^T, is two `grouped_matmul`s forward and two backward (V = A^T, B^T, B, A: all
-strided views, nothing copied), the second of each added into the projection's output; dA and dB are
+LoRA on an expert, y += s (x A_e^T) B_e^T, is one `grouped_matmul` forward (V = A^T; mxfp4_matmul adds the B product
+in its epilogue) and two backward (V = B, A: strided views, nothing copied), the second added into dx; dA and dB are
 `grouped_outer`s. Neither gathers a per-row weight ([T*k, r, K] would be 1.5 GB at 4096 tokens) nor loops over experts.
 Same dispatch as mxfp4_matmul: Triton on CUDA or under TRITON_INTERPRET=1 for bf16/fp32, the reference otherwise.
 """
@@ -45,8 +45,8 @@ def grouped_matmul(
     the kernel loads it: float32 LoRA factors need no cast kernel of their own).
 
     With `out` (`[M, N]`, x.dtype, rows contiguous) the product is added to it in place and `out` returned: the kernel
-    reads `out` back in its epilogue. That is how LoRA's B product joins the MXFP4 projection's output (and (dy B) A
-    joins dx): two passes over an [M, N] matrix (out read and written) instead of six (the product written, read and
+    reads `out` back in its epilogue. That is how (dy B) A joins dx (the forward's B product is added inside
+    mxfp4_matmul, which makes the outputs): two passes over an [M, N] matrix (out read and written) instead of six (the product written, read and
     written again by `* scale`, then read with `out` by the add, which writes a new output): 189 MB each at 16,384
     routed rows of gpt-oss-20b gate_up.
     """

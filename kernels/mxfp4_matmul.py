@@ -1,6 +1,6 @@
 """Grouped MoE expert GEMMs on MXFP4 weights: the public ops, each next to its plain-torch reference.
 
-    mxfp4_matmul(x, blocks, scales, groups, bias)       y  = x W_e^T + b_e   (forward)
+    mxfp4_matmul(x, blocks, scales, groups, bias, lora)  y  = x W_e^T + b_e (+ s (x A_e^T) B_e^T)   (forward)
     mxfp4_matmul_transposed(dy, blocks, scales, groups)  dx = dy W_e          (grad wrt the input)
 
 Rows of x are sorted by expert (routing.sort_by_expert); `blocks`/`scales` are one projection of every expert in the
@@ -123,37 +123,58 @@ def _check(x: torch.Tensor, blocks: torch.Tensor, scales: torch.Tensor, groups: 
         raise ValueError(f"{blocks.shape[0]} experts in the weights, {groups.num_experts} in the groups")
 
 
+class LoraProduct(NamedTuple):
+    """LoRA's second product on the experts, s (x A_e^T) B_e^T, for `mxfp4_matmul` to add into the outputs it makes."""
+
+    xa: torch.Tensor
+    """`[M, r]` x A_e^T for each row, x's dtype"""
+    b: torch.Tensor
+    """`[E, N, r]` B_e, any strides (rounded to x's dtype as it loads)"""
+    scaling: float
+
+
 def mxfp4_matmul(
     x: torch.Tensor,
     blocks: torch.Tensor,
     scales: torch.Tensor,
     groups: ExpertGroups,
     bias: torch.Tensor | None = None,
+    lora: LoraProduct | None = None,
 ) -> torch.Tensor:
-    """`x [M, K]` sorted by expert, `blocks [E, N, K/32, 16]`, `scales [E, N, K/32]`, `bias [E, N]` -> `[M, N]`.
+    """`x [M, K]` sorted by expert, `blocks [E, N, K/32, 16]`, `scales [E, N, K/32]`, `bias [E, N]` -> `[M, N]`,
+    plus `lora`'s product when given (in the kernel's epilogue: no launch and no pass over [M, N] of its own).
 
     The output has x's dtype; accumulation is float32.
     """
     num_experts, n, k_blocks, _ = blocks.shape
     k = k_blocks * BLOCK
     _check(x, blocks, scales, groups, k)
+    if lora is not None and (lora.xa.shape[0] != x.shape[0] or lora.b.shape[:2] != (num_experts, n)
+                             or lora.b.shape[2] != lora.xa.shape[1]):  # fmt: skip
+        raise ValueError(f"LoRA xa {tuple(lora.xa.shape)} and B {tuple(lora.b.shape)} do not match a [{x.shape[0]}, "
+                         f"{n}] product of {num_experts} experts")
     if not runs_triton(x):
-        return mxfp4_matmul_torch(x, blocks, scales, groups, bias)
+        return mxfp4_matmul_torch(x, blocks, scales, groups, bias, lora)
     w = blocks.reshape(num_experts, n, k // 2)  # a view for checkpoint tensors: the bytes of a row are contiguous
     y = torch.empty(x.shape[0], n, dtype=x.dtype, device=x.device)
     tiles = forward_tiles(x, groups)
     grid = (triton.cdiv(n, tiles.block_n), groups.row_tiles(tiles.block_m))  # columns fastest: x stays in L2
-    tables = (x if bias is None else bias, groups.offsets, groups.num_experts)
-    strides = (w.stride(0), w.stride(1), scales.stride(0), scales.stride(1), 0 if bias is None else bias.stride(0))
+    xa, b, scaling = lora if lora is not None else (x[:, :1], x.unsqueeze(0), 0.0)  # without LoRA: never read
+    xa = xa.to(x.dtype)
+    tables = (x if bias is None else bias, groups.offsets, groups.num_experts, xa, b)
+    strides = (w.stride(0), w.stride(1), scales.stride(0), scales.stride(1), 0 if bias is None else bias.stride(0),
+               xa.stride(0), *b.stride(), scaling)  # fmt: skip
     launch = dict(BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, BLOCK_K=tiles.block_k, E_PAD=groups.padded_experts,
-                  num_warps=tiles.num_warps, num_stages=tiles.num_stages, HAS_BIAS=bias is not None)
+                  num_warps=tiles.num_warps, num_stages=tiles.num_stages, HAS_BIAS=bias is not None,
+                  HAS_LORA=lora is not None, R_PAD=max(16, triton.next_power_of_2(xa.shape[1])), DOT_DTYPE=dot_dtype(x))
     x = swizzle_k(x) if tiles.swizzled else x.contiguous()
     if tiles.scaled:
-        jit._mxfp4_scaled_kernel[grid](x, y, w, scales, *tables, n, k, x.stride(0), y.stride(0), *strides, **launch)
+        jit._mxfp4_scaled_kernel[grid](x, y, w, scales, *tables, n, k, xa.shape[1], x.stride(0), y.stride(0), *strides,
+                                       **launch)  # fmt: skip
         return y
     jit._mxfp4_wx_kernel[grid](
-        x, y, w, scales, *tables, n, k // 2, x.stride(0), y.stride(0), *strides,
-        DOT_DTYPE=dot_dtype(x), PACKED=packed_dequant(x), SWIZZLED=tiles.swizzled, **launch,
+        x, y, w, scales, *tables, n, k // 2, xa.shape[1], x.stride(0), y.stride(0), *strides,
+        PACKED=packed_dequant(x), SWIZZLED=tiles.swizzled, **launch,
     )  # fmt: skip
     return y
 
@@ -164,9 +185,15 @@ def mxfp4_matmul_torch(
     scales: torch.Tensor,
     groups: ExpertGroups,
     bias: torch.Tensor | None = None,
+    lora: LoraProduct | None = None,
 ) -> torch.Tensor:
     """Reference for `mxfp4_matmul`: per expert, dequantise W_e to x.dtype and matmul (differentiable in x)."""
-    pieces = [x[rows] @ dequantize(blocks[e], scales[e], x.dtype).T for e, rows in enumerate(groups.segments())]
+    pieces = []
+    for e, rows in enumerate(groups.segments()):
+        y = x[rows] @ dequantize(blocks[e], scales[e], x.dtype).T
+        if lora is not None:
+            y = y + lora.scaling * (lora.xa[rows].to(x.dtype) @ lora.b[e].to(x.dtype).T)
+        pieces.append(y)
     y = torch.cat(pieces)
     if bias is not None:
         row_expert = torch.repeat_interleave(groups.offsets.diff(), output_size=groups.num_rows)

@@ -27,6 +27,7 @@ from oss_grpo.kernels.mxfp4 import (
     unpack_codes,
 )
 from oss_grpo.kernels.mxfp4_matmul import (
+    LoraProduct,
     Tiles,
     mxfp4_matmul,
     mxfp4_matmul_torch,
@@ -267,24 +268,49 @@ def assert_close_to(actual: torch.Tensor, reference: torch.Tensor, dtype: torch.
     assert (actual.double() - reference).abs().max().item() <= tol * scale
 
 
+def lora_product(counts: list[int], n: int, rank: int, dtype: torch.dtype, seed: int) -> LoraProduct:
+    """x A^T rows in `dtype` and B [E, n, rank] float32 as a strided view (PEFT's factors are parameters of their own
+    shape), on DEVICE."""
+    g = torch.Generator().manual_seed(seed)
+    xa = torch.randn(sum(counts), rank, generator=g).to(dtype).to(DEVICE)
+    b = torch.randn(len(counts), rank, n, generator=g).to(DEVICE).transpose(1, 2)
+    return LoraProduct(xa, b, 0.5)
+
+
+def as_double(lora: LoraProduct | None) -> LoraProduct | None:
+    return lora and LoraProduct(lora.xa.double(), lora.b.to(lora.xa.dtype).double(), lora.scaling)
+
+
 @pytest.mark.parametrize("counts,n,k", SHAPES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_mxfp4_matmul_matches_reference(counts: list[int], n: int, k: int, dtype: torch.dtype) -> None:
+@pytest.mark.parametrize("rank", [None, 8, 32], ids=["no_lora", "lora8", "lora32"])
+def test_mxfp4_matmul_matches_reference(counts: list[int], n: int, k: int, dtype: torch.dtype, rank: int | None) -> None:
+    """Bias and, when given, LoRA's B product (added in the kernel's epilogue; rank 8 padded to a 16-wide dot)."""
     x, blocks, scales, groups, bias = inputs(counts, n, k, dtype, seed=3)
-    y = mxfp4_matmul(x, blocks, scales, groups, bias.to(dtype))
+    lora = rank and lora_product(counts, n, rank, dtype, seed=8)
+    y = mxfp4_matmul(x, blocks, scales, groups, bias.to(dtype), lora)
     assert y.dtype == dtype and y.shape == (sum(counts), n)
-    assert_close_to(y, mxfp4_matmul_torch(x.double(), blocks, scales, groups, bias.to(dtype).double()), dtype)
+    expected = mxfp4_matmul_torch(x.double(), blocks, scales, groups, bias.to(dtype).double(), as_double(lora))
+    assert_close_to(y, expected, dtype)
+
+
+def test_a_lora_product_of_another_shape_is_named() -> None:
+    x, blocks, scales, groups, _ = inputs([3, 9], 24, 64, torch.float32, seed=3)
+    with pytest.raises(ValueError, match=r"LoRA xa \(12, 8\) and B \(2, 40, 8\)"):
+        mxfp4_matmul(x, blocks, scales, groups, lora=lora_product([3, 9], 40, 8, torch.float32, seed=8))
 
 
 def test_native_mx_forward_matches_reference(monkeypatch) -> None:
-    """The forward kept for GPUs with MXFP4 tensor cores (tl.dot_scaled; none is lent here), forced on: same numbers,
-    and only from the table's last entry (few rows per expert keep the short wx tiles)."""
+    """The forward kept for GPUs with MXFP4 tensor cores (tl.dot_scaled; none is lent here), forced on: same numbers
+    (LoRA's B product included), and only from the table's last entry (few rows per expert keep the short wx tiles)."""
     monkeypatch.setattr(mxfp4_matmul_module, "native_mx", lambda x: True)
     x, blocks, scales, groups, bias = inputs([130, 0, 200], 136, 64, torch.bfloat16, seed=3)
     assert mxfp4_matmul_module.forward_tiles(x, groups).scaled
     assert not mxfp4_matmul_module.forward_tiles(x, ExpertGroups.from_counts(torch.tensor([3, 9]), 12)).scaled
-    y = mxfp4_matmul(x, blocks, scales, groups, bias.bfloat16())
-    assert_close_to(y, mxfp4_matmul_torch(x.double(), blocks, scales, groups, bias.bfloat16().double()), torch.bfloat16)
+    lora = lora_product([130, 0, 200], 136, 16, torch.bfloat16, seed=8)
+    y = mxfp4_matmul(x, blocks, scales, groups, bias.bfloat16(), lora)
+    expected = mxfp4_matmul_torch(x.double(), blocks, scales, groups, bias.bfloat16().double(), as_double(lora))
+    assert_close_to(y, expected, torch.bfloat16)
 
 
 @pytest.mark.parametrize("counts,n,k", SHAPES)
@@ -322,12 +348,14 @@ def test_both_ends_of_the_scale_window_decode_exactly(scale: int, dtype: torch.d
 @pytest.mark.parametrize("counts,n,k", [SHAPES[0], SHAPES[2]])
 def test_swizzled_forward_gives_the_same_product(monkeypatch, tiles: Tiles, counts, n: int, k: int) -> None:
     """The forward reading the codes in swizzled order (mxfp4_matmul.swizzle_k), forced for every size, matches the
-    reference: one warpgroup and two warps, K = 2880, an empty expert."""
+    reference, with LoRA's B product: one warpgroup and two warps, K = 2880, an empty expert."""
     monkeypatch.setattr(mxfp4_matmul_module, "FORWARD_TILES", ((float("inf"), tiles),))
     x, blocks, scales, groups, bias = inputs(counts, n, k, torch.bfloat16, seed=6)
     assert mxfp4_matmul_module.forward_tiles(x, groups).swizzled
-    y = mxfp4_matmul(x, blocks, scales, groups, bias.bfloat16())
-    assert_close_to(y, mxfp4_matmul_torch(x.double(), blocks, scales, groups, bias.bfloat16().double()), torch.bfloat16)
+    lora = lora_product(counts, n, 16, torch.bfloat16, seed=8)
+    y = mxfp4_matmul(x, blocks, scales, groups, bias.bfloat16(), lora)
+    expected = mxfp4_matmul_torch(x.double(), blocks, scales, groups, bias.bfloat16().double(), as_double(lora))
+    assert_close_to(y, expected, torch.bfloat16)
 
 
 def test_swizzle_k_is_its_own_inverse_and_moves_pairs() -> None:
