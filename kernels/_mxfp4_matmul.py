@@ -84,19 +84,20 @@ def _tile(Offsets, num_experts, BLOCK_M: tl.constexpr, E_PAD: tl.constexpr):
 
 
 @triton.jit
-def _lora_b_term(XA, LB, expert, rows, row_ok, n, n_ok, R, stride_xam, stride_lbe, stride_lbn, stride_lbr, lora_scale,
-                 DOT_DTYPE: tl.constexpr, R_PAD: tl.constexpr, ROWS_FIRST: tl.constexpr):  # fmt: skip
-    """s (x A_e^T) B_e^T for a tile's rows and outputs, [rows, n] if ROWS_FIRST else [n, rows]: LoRA's second
-    product, added where the projection's outputs are made instead of by a launch and an [M, N] pass of its own.
-    x A_e^T comes in as XA [M, R]; B_e [N, R] is rounded to XA's dtype as it loads, as grouped_matmul does."""
+def _add_lora_b(acc, XA, LB, expert, rows, row_ok, n, n_ok, R, stride_xam, stride_lbe, stride_lbn, stride_lbr,
+                lora_scale, DOT_DTYPE: tl.constexpr, R_PAD: tl.constexpr, ROWS_FIRST: tl.constexpr):  # fmt: skip
+    """acc + s (x A_e^T) B_e^T for a tile's rows and outputs (acc [rows, n] if ROWS_FIRST else [n, rows]): LoRA's
+    second product, added where the projection's outputs are made instead of by a launch and an [M, N] pass of its own.
+    x A_e^T comes in as XA [M, R]; s B_e [N, R] is rounded to XA's dtype as it loads (grouped_matmul rounds B_e), and
+    the dot accumulates into acc, so no second tile of registers is held."""
     r = tl.arange(0, R_PAD)
     xa = tl.load(XA + rows[:, None] * stride_xam + r[None, :], mask=row_ok[:, None] & (r[None, :] < R), other=0.0)
     b = tl.load(LB + expert * stride_lbe + n[:, None] * stride_lbn + r[None, :] * stride_lbr,
-                mask=n_ok[:, None] & (r[None, :] < R), other=0.0).to(XA.dtype.element_ty)  # fmt: skip
-    xa, b = xa.to(DOT_DTYPE), b.to(DOT_DTYPE)
+                mask=n_ok[:, None] & (r[None, :] < R), other=0.0)  # fmt: skip
+    xa, b = xa.to(DOT_DTYPE), (b * lora_scale).to(XA.dtype.element_ty).to(DOT_DTYPE)
     if ROWS_FIRST:
-        return lora_scale * tl.dot(xa, tl.trans(b), input_precision="ieee")
-    return lora_scale * tl.dot(b, tl.trans(xa), input_precision="ieee")
+        return tl.dot(xa, tl.trans(b), acc, input_precision="ieee")
+    return tl.dot(b, tl.trans(xa), acc, input_precision="ieee")
 
 
 @triton.jit
@@ -131,8 +132,8 @@ def _mxfp4_scaled_kernel(
     if HAS_BIAS:
         acc += tl.load(Bias + expert * stride_be + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
     if HAS_LORA:
-        acc += _lora_b_term(XA, LB, expert, rows, row_ok, cols, col_ok, R, stride_xam, stride_lbe, stride_lbn,
-                            stride_lbr, lora_scale, DOT_DTYPE, R_PAD, ROWS_FIRST=True)  # fmt: skip
+        acc = _add_lora_b(acc, XA, LB, expert, rows, row_ok, cols, col_ok, R, stride_xam, stride_lbe, stride_lbn,
+                          stride_lbr, lora_scale, DOT_DTYPE, R_PAD, ROWS_FIRST=True)  # fmt: skip
     y_ok = row_ok[:, None] & col_ok[None, :]
     tl.store(Y + rows[:, None] * stride_ym + cols[None, :], acc.to(Y.dtype.element_ty), mask=y_ok)
 
@@ -314,8 +315,8 @@ def _mxfp4_wx_kernel(
     if HAS_BIAS:
         acc += tl.load(Bias + expert * stride_be + n, mask=n_ok, other=0.0).to(tl.float32)[:, None]
     if HAS_LORA:
-        acc += _lora_b_term(XA, LB, expert, rows, row_ok, n, n_ok, R, stride_xam, stride_lbe, stride_lbn, stride_lbr,
-                            lora_scale, DOT_DTYPE, R_PAD, ROWS_FIRST=False)  # fmt: skip
+        acc = _add_lora_b(acc, XA, LB, expert, rows, row_ok, n, n_ok, R, stride_xam, stride_lbe, stride_lbn,
+                          stride_lbr, lora_scale, DOT_DTYPE, R_PAD, ROWS_FIRST=False)  # fmt: skip
     y_ok = n_ok[:, None] & row_ok[None, :]
     tl.store(Y + rows[None, :] * stride_ym + n[:, None], acc.to(Y.dtype.element_ty), mask=y_ok)
 
