@@ -7,6 +7,7 @@ none). Each expert e has a weight W_e [N, K] (out, in) in MXFP4, w[n, k] = E2M1[
                                  (+ s sum_j xa[r, j] B_e[n, j]: LoRA's B product, xa = x A_e^T)
     _mxfp4_scaled_kernel         the same by tl.dot_scaled (bf16 x, many rows per expert; native on Blackwell)
     _mxfp4_wx_transposed_kernel  dx[r, k] = sum_n dy[r, n] W_e[n, k]                   grad wrt x, reduce over N
+                                 (+ sum_j dxa[r, j] A_e[j, k]: LoRA's, dxa = s dy B_e)
     _grouped_matmul_kernel       y[r, n] (+)= s sum_k x[r, k] V_e[k, n]  V dense, any strides (LoRA A and B)
     _grouped_outer_kernel        G[e, p, q] = sum_{r in e} a[r, p] b[r, q]              grads of LoRA A and B
 
@@ -94,7 +95,7 @@ def _add_lora_b(acc, XA, LB, expert, rows, row_ok, n, n_ok, R, stride_xam, strid
     xa = tl.load(XA + rows[:, None] * stride_xam + r[None, :], mask=row_ok[:, None] & (r[None, :] < R), other=0.0)
     b = tl.load(LB + expert * stride_lbe + n[:, None] * stride_lbn + r[None, :] * stride_lbr,
                 mask=n_ok[:, None] & (r[None, :] < R), other=0.0)  # fmt: skip
-    xa, b = xa.to(DOT_DTYPE), (b * lora_scale).to(XA.dtype.element_ty).to(DOT_DTYPE)
+    xa, b = xa.to(DOT_DTYPE), (b.to(tl.float32) * lora_scale).to(XA.dtype.element_ty).to(DOT_DTYPE)
     if ROWS_FIRST:
         return tl.dot(xa, tl.trans(b), acc, input_precision="ieee")
     return tl.dot(b, tl.trans(xa), acc, input_precision="ieee")
@@ -102,10 +103,10 @@ def _add_lora_b(acc, XA, LB, expert, rows, row_ok, n, n_ok, R, stride_xam, strid
 
 @triton.jit
 def _mxfp4_scaled_kernel(
-    X, Y, W, S, Bias, Offsets, num_experts, XA, LB,
-    N, K, R,
+    X, Y, W, S, Bias, Offsets, num_experts,
+    N, K,
     stride_xm, stride_ym, stride_we, stride_wn, stride_se, stride_sn, stride_be,
-    stride_xam, stride_lbe, stride_lbn, stride_lbr, lora_scale,
+    XA, LB, R, stride_xam, stride_lbe, stride_lbn, stride_lbr, lora_scale,
     HAS_BIAS: tl.constexpr, HAS_LORA: tl.constexpr, R_PAD: tl.constexpr, DOT_DTYPE: tl.constexpr,
     E_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
@@ -281,10 +282,10 @@ def _weight_tile(W, S, n, n_ok, b0, K_BYTES, stride_wn, stride_sn, DOT_DTYPE: tl
 
 @triton.jit
 def _mxfp4_wx_kernel(
-    X, Y, W, S, Bias, Offsets, num_experts, XA, LB,
-    N, K_BYTES, R,
+    X, Y, W, S, Bias, Offsets, num_experts,
+    N, K_BYTES,
     stride_xm, stride_ym, stride_we, stride_wn, stride_se, stride_sn, stride_be,
-    stride_xam, stride_lbe, stride_lbn, stride_lbr, lora_scale,
+    XA, LB, R, stride_xam, stride_lbe, stride_lbn, stride_lbr, lora_scale,
     HAS_BIAS: tl.constexpr, HAS_LORA: tl.constexpr, R_PAD: tl.constexpr, DOT_DTYPE: tl.constexpr,
     PACKED: tl.constexpr, SWIZZLED: tl.constexpr,
     E_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -326,10 +327,12 @@ def _mxfp4_wx_transposed_kernel(
     DY, DX, W, S, Offsets, num_experts,
     N, K_BYTES,
     stride_dym, stride_dxm, stride_we, stride_wn, stride_se, stride_sn,
-    DOT_DTYPE: tl.constexpr, PACKED: tl.constexpr,
+    XA, LB, R, stride_xam, stride_lbe, stride_lbn, stride_lbr, lora_scale,
+    HAS_LORA: tl.constexpr, R_PAD: tl.constexpr, DOT_DTYPE: tl.constexpr, PACKED: tl.constexpr,
     E_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
-    """dx^T = W_e^T dy^T for BLOCK_K output columns: the dequantised weights, transposed, are the left operand."""
+    """dx^T = W_e^T dy^T (+ LoRA's (s dy B_e) A_e) for BLOCK_K output columns: the dequantised weights, transposed,
+    are the left operand."""
     expert, rows, row_ok = _tile(Offsets, num_experts, BLOCK_M, E_PAD)
     if expert < 0:
         return
@@ -353,6 +356,11 @@ def _mxfp4_wx_transposed_kernel(
     acc_even *= _UNSHIFT
     acc_odd *= _UNSHIFT
     byte = b0 + tl.arange(0, BLOCK_K // 2)
+    if HAS_LORA:  # LB = A_e^T [K, R]: its even and odd rows into the even and odd columns' accumulators
+        acc_even = _add_lora_b(acc_even, XA, LB, expert, rows, row_ok, 2 * byte, byte < K_BYTES, R, stride_xam,
+                               stride_lbe, stride_lbn, stride_lbr, lora_scale, DOT_DTYPE, R_PAD, ROWS_FIRST=False)
+        acc_odd = _add_lora_b(acc_odd, XA, LB, expert, rows, row_ok, 2 * byte + 1, byte < K_BYTES, R, stride_xam,
+                              stride_lbe, stride_lbn, stride_lbr, lora_scale, DOT_DTYPE, R_PAD, ROWS_FIRST=False)
     dx_ptr = DX + rows[None, :] * stride_dxm + 2 * byte[:, None]
     dx_ok = (byte[:, None] < K_BYTES) & row_ok[None, :]
     tl.store(dx_ptr, acc_even.to(DX.dtype.element_ty), mask=dx_ok)
@@ -364,10 +372,10 @@ def _grouped_matmul_kernel(
     X, Y, V, Offsets, num_experts,
     N, K,
     stride_xm, stride_ym, stride_ve, stride_vk, stride_vn, scale,
-    ACCUMULATE: tl.constexpr, DOT_DTYPE: tl.constexpr, E_PAD: tl.constexpr, BLOCK_M: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, E_PAD: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
-    """y = scale * x V_e, or y += scale * x V_e (ACCUMULATE: y read back in the epilogue)."""
+    """y = scale * x V_e."""
     expert, rows, row_ok = _tile(Offsets, num_experts, BLOCK_M, E_PAD)
     if expert < 0:
         return
@@ -381,11 +389,8 @@ def _grouped_matmul_kernel(
         v = tl.load(v_ptr, mask=(ks[:, None] < K) & col_ok[None, :], other=0.0)
         acc = tl.dot(x.to(DOT_DTYPE), v.to(X.dtype.element_ty).to(DOT_DTYPE), acc, input_precision="ieee")
     y_ok = row_ok[:, None] & col_ok[None, :]
-    y_ptr = Y + rows[:, None] * stride_ym + cols[None, :]
     acc *= scale
-    if ACCUMULATE:
-        acc += tl.load(y_ptr, mask=y_ok, other=0.0).to(tl.float32)
-    tl.store(y_ptr, acc.to(Y.dtype.element_ty), mask=y_ok)
+    tl.store(Y + rows[:, None] * stride_ym + cols[None, :], acc.to(Y.dtype.element_ty), mask=y_ok)
 
 
 @triton.jit

@@ -5,7 +5,7 @@ W_e is frozen MXFP4 (no gradient, never materialised); the bias b and the LoRA f
 mxfp4_matmul adds s (x A_e^T) B_e^T to the outputs it makes (`LoraProduct`). Backward:
 
     dx  = dy W_e  (+ s (dy B_e) A_e)     mxfp4_matmul_transposed: in-kernel dequant, tl.dot_scaled cannot do it;
-                                         the LoRA term added into dx in place (grouped_matmul's `out`)
+                                         s dy B_e by grouped_matmul, its product with A_e added in the epilogue
     db  = sum of dy over the expert's rows
     dA  = (s dy B_e)^T x,   dB = s dy^T (x A_e^T)         grouped_outer over each expert's rows
 
@@ -48,16 +48,16 @@ class _ExpertLinear(torch.autograd.Function):
         x, blocks, scales, bias, xa, lora_a, lora_b = ctx.saved_tensors
         groups: ExpertGroups = ctx.groups
         dx = dbias = d_a = d_b = None
+        # s is applied to results of rank r, never to a pass over dy
+        dxa = None if lora_a is None else grouped_matmul(dy, lora_b, groups, ctx.scaling)  # (M, r) = s dy B
         if ctx.needs_input_grad[0]:
-            dx = mxfp4_matmul_transposed(dy, blocks, scales, groups)
+            lora = None if dxa is None else LoraProduct(dxa, lora_a.transpose(1, 2), 1.0)  # dx += (s dy B) A
+            dx = mxfp4_matmul_transposed(dy, blocks, scales, groups, lora)
         if bias is not None and ctx.needs_input_grad[4]:
             row_expert = torch.repeat_interleave(groups.offsets.diff(), output_size=groups.num_rows)
             dbias = torch.zeros(bias.shape, dtype=torch.float32, device=dy.device)
             dbias = dbias.index_add_(0, row_expert, dy.float()).to(bias.dtype)
-        if lora_a is not None:  # s is applied to results of rank r, never to a pass over dy
-            dxa = grouped_matmul(dy, lora_b, groups, ctx.scaling)  # (M, r) = s dy B
-            if dx is not None:
-                grouped_matmul(dxa, lora_a, groups, out=dx)  # dx += (s dy B) A, in place
+        if dxa is not None:
             d_a = grouped_outer(dxa, x, groups).to(lora_a.dtype)  # (E, r, K)
             d_b = (grouped_outer(dy, xa, groups) * ctx.scaling).to(lora_b.dtype)  # (E, N, r)
         return dx, None, None, None, dbias, d_a, d_b, None

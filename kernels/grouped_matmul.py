@@ -1,11 +1,11 @@
 """Grouped GEMMs on small dense per-expert matrices (the LoRA factors of the experts), next to their references.
 
     grouped_matmul(x, v, groups)  y[r] = x[r] V_e           for the rows r of expert e; V [E, K, N], any strides
-                                  (scaled, and added into a given output in place: LoRA's terms join their outputs)
+                                  (scaled)
     grouped_outer(a, b, groups)   G[e] = a[rows_e]^T b[rows_e]  -> [E, P, Q] float32, zeros for an empty expert
 
-LoRA on an expert, y += s (x A_e^T) B_e^T, is one `grouped_matmul` forward (V = A^T; mxfp4_matmul adds the B product
-in its epilogue) and two backward (V = B, A: strided views, nothing copied), the second added into dx; dA and dB are
+LoRA on an expert, y += s (x A_e^T) B_e^T, is one `grouped_matmul` forward (V = A^T) and one backward (V = B; strided
+views, nothing copied): the MXFP4 kernels add the products with B and with A in their epilogues; dA and dB are
 `grouped_outer`s. Neither gathers a per-row weight ([T*k, r, K] would be 1.5 GB at 4096 tokens) nor loops over experts.
 Same dispatch as mxfp4_matmul: Triton on CUDA or under TRITON_INTERPRET=1 for bf16/fp32, the reference otherwise.
 """
@@ -38,35 +38,23 @@ def _matmul_tile(n: int, k: int) -> dict:
     return dict(BLOCK_M=32, BLOCK_N=_side(n, 64), BLOCK_K=128, num_warps=4, num_stages=4)
 
 
-def grouped_matmul(
-    x: torch.Tensor, v: torch.Tensor, groups: ExpertGroups, scale: float = 1.0, out: torch.Tensor | None = None
-) -> torch.Tensor:
+def grouped_matmul(x: torch.Tensor, v: torch.Tensor, groups: ExpertGroups, scale: float = 1.0) -> torch.Tensor:
     """`x [M, K]` sorted by expert, `v [E, K, N]` -> `scale * x V_e` `[M, N]` in x.dtype (v is rounded to x.dtype as
-    the kernel loads it: float32 LoRA factors need no cast kernel of their own).
-
-    With `out` (`[M, N]`, x.dtype, rows contiguous) the product is added to it in place and `out` returned: the kernel
-    reads `out` back in its epilogue. That is how (dy B) A joins dx (the forward's B product is added inside
-    mxfp4_matmul, which makes the outputs): two passes over an [M, N] matrix (out read and written) instead of six (the product written, read and
-    written again by `* scale`, then read with `out` by the add, which writes a new output): 189 MB each at 16,384
-    routed rows of gpt-oss-20b gate_up.
-    """
+    the kernel loads it: float32 LoRA factors need no cast kernel of their own)."""
     if x.shape != (groups.num_rows, v.shape[1]) or v.shape[0] != groups.num_experts:
         raise ValueError(f"x {tuple(x.shape)} and v {tuple(v.shape)} do not match {groups}")
     n, k = v.shape[2], v.shape[1]
-    if out is not None and (out.shape != (x.shape[0], n) or out.dtype != x.dtype or out.stride(1) != 1):
-        raise ValueError(f"out {out.dtype} {tuple(out.shape)} cannot take a {x.dtype} [{x.shape[0]}, {n}] product")
     if not runs_triton(x):
-        y = grouped_matmul_torch(x, v, groups) * scale
-        return y if out is None else out.add_(y)
+        return grouped_matmul_torch(x, v, groups) * scale
     x = x.contiguous()
-    y = torch.empty(x.shape[0], n, dtype=x.dtype, device=x.device) if out is None else out
+    y = torch.empty(x.shape[0], n, dtype=x.dtype, device=x.device)
     tile = _matmul_tile(n, k)
     grid = (triton.cdiv(n, tile["BLOCK_N"]), groups.row_tiles(tile["BLOCK_M"]))
     jit._grouped_matmul_kernel[grid](
         x, y, v, groups.offsets, groups.num_experts,
         n, k,
         x.stride(0), y.stride(0), v.stride(0), v.stride(1), v.stride(2), scale,
-        ACCUMULATE=out is not None, DOT_DTYPE=dot_dtype(x), E_PAD=groups.padded_experts, **tile,
+        DOT_DTYPE=dot_dtype(x), E_PAD=groups.padded_experts, **tile,
     )  # fmt: skip
     return y
 

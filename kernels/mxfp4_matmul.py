@@ -1,7 +1,7 @@
 """Grouped MoE expert GEMMs on MXFP4 weights: the public ops, each next to its plain-torch reference.
 
     mxfp4_matmul(x, blocks, scales, groups, bias, lora)  y  = x W_e^T + b_e (+ s (x A_e^T) B_e^T)   (forward)
-    mxfp4_matmul_transposed(dy, blocks, scales, groups)  dx = dy W_e          (grad wrt the input)
+    mxfp4_matmul_transposed(dy, blocks, scales, groups, lora)  dx = dy W_e (+ (s dy B_e) A_e)  (grad wrt the input)
 
 Rows of x are sorted by expert (routing.sort_by_expert); `blocks`/`scales` are one projection of every expert in the
 checkpoint layout (mxfp4.py). The Triton path runs on CUDA, and on CPU under TRITON_INTERPRET=1 (tests); otherwise,
@@ -149,34 +149,45 @@ def mxfp4_matmul(
     num_experts, n, k_blocks, _ = blocks.shape
     k = k_blocks * BLOCK
     _check(x, blocks, scales, groups, k)
-    if lora is not None and (lora.xa.shape[0] != x.shape[0] or lora.b.shape[:2] != (num_experts, n)
-                             or lora.b.shape[2] != lora.xa.shape[1]):  # fmt: skip
-        raise ValueError(f"LoRA xa {tuple(lora.xa.shape)} and B {tuple(lora.b.shape)} do not match a [{x.shape[0]}, "
-                         f"{n}] product of {num_experts} experts")
+    _check_lora(lora, x.shape[0], num_experts, n)
     if not runs_triton(x):
         return mxfp4_matmul_torch(x, blocks, scales, groups, bias, lora)
     w = blocks.reshape(num_experts, n, k // 2)  # a view for checkpoint tensors: the bytes of a row are contiguous
     y = torch.empty(x.shape[0], n, dtype=x.dtype, device=x.device)
     tiles = forward_tiles(x, groups)
     grid = (triton.cdiv(n, tiles.block_n), groups.row_tiles(tiles.block_m))  # columns fastest: x stays in L2
-    xa, b, scaling = lora if lora is not None else (x[:, :1], x.unsqueeze(0), 0.0)  # without LoRA: never read
-    xa = xa.to(x.dtype)
-    tables = (x if bias is None else bias, groups.offsets, groups.num_experts, xa, b)
-    strides = (w.stride(0), w.stride(1), scales.stride(0), scales.stride(1), 0 if bias is None else bias.stride(0),
-               xa.stride(0), *b.stride(), scaling)  # fmt: skip
+    tables = (x if bias is None else bias, groups.offsets, groups.num_experts)
+    strides = (w.stride(0), w.stride(1), scales.stride(0), scales.stride(1), 0 if bias is None else bias.stride(0))
+    lora_args, lora_constants = _lora_args(lora, x)
     launch = dict(BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, BLOCK_K=tiles.block_k, E_PAD=groups.padded_experts,
                   num_warps=tiles.num_warps, num_stages=tiles.num_stages, HAS_BIAS=bias is not None,
-                  HAS_LORA=lora is not None, R_PAD=max(16, triton.next_power_of_2(xa.shape[1])), DOT_DTYPE=dot_dtype(x))
+                  DOT_DTYPE=dot_dtype(x), **lora_constants)  # fmt: skip
     x = swizzle_k(x) if tiles.swizzled else x.contiguous()
     if tiles.scaled:
-        jit._mxfp4_scaled_kernel[grid](x, y, w, scales, *tables, n, k, xa.shape[1], x.stride(0), y.stride(0), *strides,
+        jit._mxfp4_scaled_kernel[grid](x, y, w, scales, *tables, n, k, x.stride(0), y.stride(0), *strides, *lora_args,
                                        **launch)  # fmt: skip
         return y
     jit._mxfp4_wx_kernel[grid](
-        x, y, w, scales, *tables, n, k // 2, xa.shape[1], x.stride(0), y.stride(0), *strides,
+        x, y, w, scales, *tables, n, k // 2, x.stride(0), y.stride(0), *strides, *lora_args,
         PACKED=packed_dequant(x), SWIZZLED=tiles.swizzled, **launch,
     )  # fmt: skip
     return y
+
+
+def _check_lora(lora: LoraProduct | None, rows: int, num_experts: int, n: int) -> None:
+    if lora is not None and (lora.xa.shape[0] != rows or lora.b.shape[:2] != (num_experts, n)
+                             or lora.b.shape[2] != lora.xa.shape[1]):  # fmt: skip
+        raise ValueError(f"LoRA xa {tuple(lora.xa.shape)} and B {tuple(lora.b.shape)} do not match a [{rows}, {n}] "
+                         f"product of {num_experts} experts")
+
+
+def _lora_args(lora: LoraProduct | None, x: torch.Tensor) -> tuple[tuple, dict]:
+    """The kernels' LoRA arguments (XA, LB, R, their strides, the scale) and constants; without LoRA, placeholders
+    they never read, and R_PAD fixed so that the launch compiles once."""
+    xa, b, scaling = lora if lora is not None else (x[:, :1], x.unsqueeze(0), 0.0)
+    xa = xa.to(x.dtype)
+    r_pad = max(16, triton.next_power_of_2(xa.shape[1]))  # tl.dot's smallest side
+    return (xa, b, xa.shape[1], xa.stride(0), *b.stride(), scaling), dict(HAS_LORA=lora is not None, R_PAD=r_pad)
 
 
 def mxfp4_matmul_torch(
@@ -191,9 +202,7 @@ def mxfp4_matmul_torch(
     pieces = []
     for e, rows in enumerate(groups.segments()):
         y = x[rows] @ dequantize(blocks[e], scales[e], x.dtype).T
-        if lora is not None:
-            y = y + lora.scaling * (lora.xa[rows].to(x.dtype) @ lora.b[e].to(x.dtype).T)
-        pieces.append(y)
+        pieces.append(y if lora is None else y + _lora_term(lora, e, rows, x.dtype))
     y = torch.cat(pieces)
     if bias is not None:
         row_expert = torch.repeat_interleave(groups.offsets.diff(), output_size=groups.num_rows)
@@ -202,24 +211,31 @@ def mxfp4_matmul_torch(
 
 
 def mxfp4_matmul_transposed(
-    dy: torch.Tensor, blocks: torch.Tensor, scales: torch.Tensor, groups: ExpertGroups
+    dy: torch.Tensor,
+    blocks: torch.Tensor,
+    scales: torch.Tensor,
+    groups: ExpertGroups,
+    lora: LoraProduct | None = None,
 ) -> torch.Tensor:
-    """`dy [M, N]` sorted by expert -> `dx [M, K]` = dy W_e per row: the gradient of `mxfp4_matmul` wrt x."""
+    """`dy [M, N]` sorted by expert -> `dx [M, K]` = dy W_e per row: the gradient of `mxfp4_matmul` wrt x; plus
+    `lora`'s product (xa = s dy B_e, b = A_e^T [E, K, r]) when given, added in the kernel's epilogue."""
     num_experts, n, k_blocks, _ = blocks.shape
     k = k_blocks * BLOCK
     _check(dy, blocks, scales, groups, n)
+    _check_lora(lora, dy.shape[0], num_experts, k)
     if not runs_triton(dy):
-        return mxfp4_matmul_transposed_torch(dy, blocks, scales, groups)
+        return mxfp4_matmul_transposed_torch(dy, blocks, scales, groups, lora)
     dy = dy.contiguous()
     w = blocks.reshape(num_experts, n, k // 2)
     dx = torch.empty(dy.shape[0], k, dtype=dy.dtype, device=dy.device)
     tiles = pick_tiles(TRANSPOSED_TILES, groups)
     grid = (triton.cdiv(k, tiles.block_k), groups.row_tiles(tiles.block_m))
+    lora_args, lora_constants = _lora_args(lora, dy)
     jit._mxfp4_wx_transposed_kernel[grid](
         dy, dx, w, scales, groups.offsets, groups.num_experts,
         n, k // 2,
-        dy.stride(0), dx.stride(0), w.stride(0), w.stride(1), scales.stride(0), scales.stride(1),
-        DOT_DTYPE=dot_dtype(dy), PACKED=packed_dequant(dy), E_PAD=groups.padded_experts,
+        dy.stride(0), dx.stride(0), w.stride(0), w.stride(1), scales.stride(0), scales.stride(1), *lora_args,
+        DOT_DTYPE=dot_dtype(dy), PACKED=packed_dequant(dy), E_PAD=groups.padded_experts, **lora_constants,
         BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, BLOCK_K=tiles.block_k,
         num_warps=tiles.num_warps, num_stages=tiles.num_stages,
     )  # fmt: skip
@@ -227,8 +243,20 @@ def mxfp4_matmul_transposed(
 
 
 def mxfp4_matmul_transposed_torch(
-    dy: torch.Tensor, blocks: torch.Tensor, scales: torch.Tensor, groups: ExpertGroups
+    dy: torch.Tensor,
+    blocks: torch.Tensor,
+    scales: torch.Tensor,
+    groups: ExpertGroups,
+    lora: LoraProduct | None = None,
 ) -> torch.Tensor:
     """Reference for `mxfp4_matmul_transposed`."""
-    pieces = [dy[rows] @ dequantize(blocks[e], scales[e], dy.dtype) for e, rows in enumerate(groups.segments())]
+    pieces = []
+    for e, rows in enumerate(groups.segments()):
+        dx = dy[rows] @ dequantize(blocks[e], scales[e], dy.dtype)
+        pieces.append(dx if lora is None else dx + _lora_term(lora, e, rows, dy.dtype))
     return torch.cat(pieces)
+
+
+def _lora_term(lora: LoraProduct, expert: int, rows: slice, dtype: torch.dtype) -> torch.Tensor:
+    """The references' LoRA product for one expert's rows."""
+    return lora.scaling * (lora.xa[rows].to(dtype) @ lora.b[expert].to(dtype).T)

@@ -315,12 +315,16 @@ def test_native_mx_forward_matches_reference(monkeypatch) -> None:
 
 @pytest.mark.parametrize("counts,n,k", SHAPES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_mxfp4_matmul_transposed_matches_reference(counts: list[int], n: int, k: int, dtype: torch.dtype) -> None:
+@pytest.mark.parametrize("rank", [None, 8], ids=["no_lora", "lora8"])
+def test_mxfp4_matmul_transposed_matches_reference(counts: list[int], n: int, k: int, dtype: torch.dtype,
+                                                   rank: int | None) -> None:  # fmt: skip
+    """With LoRA, (s dy B) A added in the epilogue: A's even and odd columns go to dx's even and odd columns."""
     _, blocks, scales, groups, _ = inputs(counts, n, k, dtype, seed=4)
     dy = torch.randn(sum(counts), n, generator=torch.Generator().manual_seed(5)).to(dtype).to(DEVICE)
-    dx = mxfp4_matmul_transposed(dy, blocks, scales, groups)
+    lora = rank and lora_product(counts, k, rank, dtype, seed=9)
+    dx = mxfp4_matmul_transposed(dy, blocks, scales, groups, lora)
     assert dx.dtype == dtype and dx.shape == (sum(counts), k)
-    assert_close_to(dx, mxfp4_matmul_transposed_torch(dy.double(), blocks, scales, groups), dtype)
+    assert_close_to(dx, mxfp4_matmul_transposed_torch(dy.double(), blocks, scales, groups, as_double(lora)), dtype)
 
 
 @pytest.mark.parametrize("scale", [MIN_SCALE, MAX_SCALE])
@@ -409,12 +413,6 @@ def test_grouped_matmul_and_outer_match_reference(dtype: torch.dtype, k: int) ->
     y = grouped_matmul(x, v, groups)
     assert_close_to(y, ref, dtype)
     assert torch.equal(grouped_matmul(x, v, groups, -0.5), -0.5 * y)  # a power of 2 scales exactly, rounding included
-    out = torch.randn(sum(counts), 8, generator=g).to(dtype).to(DEVICE)  # LoRA's term added into a projection's output
-    expected = out.double() - 0.5 * y.double()
-    assert grouped_matmul(x, v, groups, -0.5, out=out) is out
-    assert_close_to(out, expected, dtype)
-    with pytest.raises(ValueError, match=r"out torch.float64 \(75, 8\) cannot take"):
-        grouped_matmul(x, v, groups, out=out.double())
     b = torch.randn(sum(counts), 8, generator=g).to(dtype).to(DEVICE)
     outer = grouped_outer(x, b, groups)
     assert outer.dtype == torch.float32 and (outer[1] == 0).all()
