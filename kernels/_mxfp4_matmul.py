@@ -8,8 +8,8 @@ none). Each expert e has a weight W_e [N, K] (out, in) in MXFP4, w[n, k] = E2M1[
     _mxfp4_scaled_kernel         the same by tl.dot_scaled (bf16 x, many rows per expert; native on Blackwell)
     _mxfp4_wx_transposed_kernel  dx[r, k] = sum_n dy[r, n] W_e[n, k]                   grad wrt x, reduce over N
                                  (+ sum_j dxa[r, j] A_e[j, k]: LoRA's, dxa = s dy B_e)
-    _grouped_matmul_kernel       y[r, n] (+)= s sum_k x[r, k] V_e[k, n]  V dense, any strides (LoRA A and B)
-    _grouped_outer_kernel        G[e, p, q] = sum_{r in e} a[r, p] b[r, q]              grads of LoRA A and B
+
+The dense grouped GEMMs of the LoRA factors are in _grouped_matmul.py.
 
 Memory layout (gpt-oss checkpoints, see mxfp4.py). `blocks [E, N, K/32, 16]` is read as bytes [E, N, K/2]: byte j of
 row n holds code k = 2j in its low nibble and k = 2j + 1 in its high nibble; `scales [E, N, K/32]` one e8m0 byte per
@@ -365,52 +365,3 @@ def _mxfp4_wx_transposed_kernel(
     dx_ok = (byte[:, None] < K_BYTES) & row_ok[None, :]
     tl.store(dx_ptr, acc_even.to(DX.dtype.element_ty), mask=dx_ok)
     tl.store(dx_ptr + 1, acc_odd.to(DX.dtype.element_ty), mask=dx_ok)
-
-
-@triton.jit
-def _grouped_matmul_kernel(
-    X, Y, V, Offsets, num_experts,
-    N, K,
-    stride_xm, stride_ym, stride_ve, stride_vk, stride_vn, scale,
-    DOT_DTYPE: tl.constexpr, E_PAD: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-):  # fmt: skip
-    """y = scale * x V_e."""
-    expert, rows, row_ok = _tile(Offsets, num_experts, BLOCK_M, E_PAD)
-    if expert < 0:
-        return
-    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    col_ok = cols < N
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        ks = k0 + tl.arange(0, BLOCK_K)
-        x = tl.load(X + rows[:, None] * stride_xm + ks[None, :], mask=row_ok[:, None] & (ks[None, :] < K), other=0.0)
-        v_ptr = V + expert * stride_ve + ks[:, None] * stride_vk + cols[None, :] * stride_vn
-        v = tl.load(v_ptr, mask=(ks[:, None] < K) & col_ok[None, :], other=0.0)
-        acc = tl.dot(x.to(DOT_DTYPE), v.to(X.dtype.element_ty).to(DOT_DTYPE), acc, input_precision="ieee")
-    y_ok = row_ok[:, None] & col_ok[None, :]
-    acc *= scale
-    tl.store(Y + rows[:, None] * stride_ym + cols[None, :], acc.to(Y.dtype.element_ty), mask=y_ok)
-
-
-@triton.jit
-def _grouped_outer_kernel(
-    A, B, G, Offsets,
-    P, Q,
-    stride_am, stride_bm, stride_ge, stride_gp,
-    DOT_DTYPE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr,
-):  # fmt: skip
-    expert = tl.program_id(0).to(tl.int64)
-    ps = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
-    qs = tl.program_id(2) * BLOCK_Q + tl.arange(0, BLOCK_Q)
-    row_start = tl.load(Offsets + expert)
-    row_end = tl.load(Offsets + expert + 1)
-    acc = tl.zeros((BLOCK_P, BLOCK_Q), dtype=tl.float32)
-    for m0 in range(row_start, row_end, BLOCK_M):
-        rows = m0 + tl.arange(0, BLOCK_M)
-        row_ok = rows < row_end
-        a = tl.load(A + rows[:, None] * stride_am + ps[None, :], mask=row_ok[:, None] & (ps[None, :] < P), other=0.0)
-        b = tl.load(B + rows[:, None] * stride_bm + qs[None, :], mask=row_ok[:, None] & (qs[None, :] < Q), other=0.0)
-        acc = tl.dot(a.trans().to(DOT_DTYPE), b.to(DOT_DTYPE), acc, input_precision="ieee")
-    g_ok = (ps[:, None] < P) & (qs[None, :] < Q)
-    tl.store(G + expert * stride_ge + ps[:, None] * stride_gp + qs[None, :], acc, mask=g_ok)

@@ -13,7 +13,7 @@ Same dispatch as mxfp4_matmul: Triton on CUDA or under TRITON_INTERPRET=1 for bf
 import torch
 import triton
 
-from oss_grpo.kernels import _mxfp4_matmul as jit
+from oss_grpo.kernels import _grouped_matmul as jit
 from oss_grpo.kernels.mxfp4_matmul import dot_dtype, runs_triton
 from oss_grpo.kernels.routing import ExpertGroups
 
