@@ -102,7 +102,8 @@ def register_races(body: list[str]) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("kernel", help="e.g. _mxfp4_wx_kernel, _mxfp4_wx_transposed_kernel (or _grouped_matmul_kernel of --kernels kernels/_grouped_matmul.py)")
+    parser.add_argument("kernel", help="e.g. _mxfp4_wx_kernel, _mxfp4_wx_transposed_kernel (_grouped_matmul_kernel "
+                        "with --kernels kernels/_grouped_matmul.py)")
     parser.add_argument("tile", help="BLOCK_M,BLOCK_N,BLOCK_K,warps,stages")
     parser.add_argument("--swizzled", action="store_true", help="the forward reading codes in swizzle_k order")
     parser.add_argument("--kernels", type=Path, default=ROOT / "kernels" / "_mxfp4_matmul.py")
