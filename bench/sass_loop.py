@@ -27,7 +27,8 @@ DIVISIBLE = {"N", "K", "K_BYTES", "num_experts", "stride_xm", "stride_ym", "stri
              "stride_wn", "stride_se", "stride_be"}  # fmt: skip
 """Integer arguments that are multiples of 16 at gpt-oss shapes (stride_sn = K / 32 = 90 is not)."""
 POINTERS = {"X": "*bf16", "Y": "*bf16", "DY": "*bf16", "DX": "*bf16", "Bias": "*bf16", "W": "*u8", "S": "*u8",
-            "V": "*fp32", "XA": "*bf16", "LB": "*fp32", "Offsets": "*i32", "TileExpert": "*i32", "TileRow": "*i32"}  # fmt: skip
+            "V": "*fp32", "XA": "*bf16", "LB": "*fp32", "Offsets": "*i32", "TileExpert": "*i32",
+            "TileRow": "*i32"}  # fmt: skip
 
 
 def compile_kernel(path: Path, name: str, tile: tuple[int, ...], swizzled: bool):
