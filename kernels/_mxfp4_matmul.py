@@ -43,6 +43,8 @@ of the blocks (gpt-oss K = 2880 = 22.5 x 128): loads are masked, masked codes re
 
 Triton 3.9's interpreter (TRITON_INTERPRET=1, CPU) feeds bf16 operands to tl.dot as their raw integer bits (values
 ~1e9 off), whether made in registers or loaded, so under the interpreter every tl.dot runs in float32 (DOT_DTYPE).
+It runs no inline PTX either: the tests run the packed decoders there with their assembly emulated
+(tests/ptx_emulator.py), so the path of every bf16 GPU run is checked on a CPU too.
 tl.dot_scaled with bf16 loaded from memory is correct there. Tile shapes and the kernel per size: mxfp4_matmul.py.
 """
 
@@ -273,11 +275,13 @@ def _weight_tile(W, S, n, n_ok, b0, K_BYTES, stride_wn, stride_sn, DOT_DTYPE: tl
     else:
         s = tl.reshape(tl.broadcast_to(s[:, :, None], (BLOCK_N, BLOCK_BYTES // 16, 16)), (BLOCK_N, BLOCK_BYTES))
     if PACKED and TRANSPOSED:
-        return _e2m1_pairs_to_bf16(codes, s)
-    if PACKED:
-        return _e2m1_bytes_to_bf16(codes, s)
-    codes = codes.to(tl.int32)
-    return _e2m1_to_bf16(codes & 15, s).to(DOT_DTYPE), _e2m1_to_bf16(codes >> 4, s).to(DOT_DTYPE)
+        even, odd = _e2m1_pairs_to_bf16(codes, s)
+    elif PACKED:
+        even, odd = _e2m1_bytes_to_bf16(codes, s)
+    else:
+        codes = codes.to(tl.int32)
+        even, odd = _e2m1_to_bf16(codes & 15, s), _e2m1_to_bf16(codes >> 4, s)
+    return even.to(DOT_DTYPE), odd.to(DOT_DTYPE)
 
 
 @triton.jit

@@ -11,6 +11,8 @@ import triton
 import triton.language as tl
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from ptx_emulator import emulate_inline_asm
+from triton.runtime.interpreter import InterpreterBuilder
 
 from oss_grpo.kernels import _mxfp4_matmul
 from oss_grpo.kernels import mxfp4_matmul as mxfp4_matmul_module
@@ -88,23 +90,35 @@ def _decode_bytes(Codes, ScaleBits, Even, Odd, SIZE: tl.constexpr, IN_K_ORDER: t
     tl.store(Odd + i, odd)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9,
-                    reason="PTX bf16x2 decoding: a GPU of compute capability 9+ (the interpreter runs no PTX)")
+@pytest.fixture
+def packed(monkeypatch) -> None:
+    """The packed (PTX) decoders on: a GPU of compute capability 9+ takes them for bf16 by itself; under the
+    interpreter, which runs no PTX, their assembly runs in tests/ptx_emulator.py and mxfp4_matmul is told to take
+    them for bf16, so the code path of every bf16 GPU run is tested here too."""
+    if DEVICE.type == "cuda":
+        if torch.cuda.get_device_capability()[0] < 9:
+            pytest.skip("PTX bf16x2 decoding needs compute capability 9+")
+        return
+    monkeypatch.setattr(InterpreterBuilder, "create_inline_asm", emulate_inline_asm)
+    monkeypatch.setattr(mxfp4_matmul_module, "packed_dequant", lambda x: x.dtype == torch.bfloat16)
+
+
 @pytest.mark.parametrize("in_k_order", [True, False], ids=["bytes_to_bf16", "pairs_to_bf16"])
-def test_packed_decoding_is_exact_for_every_byte_and_scale(in_k_order: bool) -> None:
+def test_packed_decoding_is_exact_for_every_byte_and_scale(packed, in_k_order: bool) -> None:
     """Both PTX decoders against dequantize times 2^-WEIGHT_SHIFT, bit for bit: all 256 bytes (every pair of codes)
-    under scales across the window they serve, subnormal and zero codes included."""
-    for s in (MIN_SCALE, 100, 119, 127, 128, 129, 140, MAX_SCALE):
-        codes = torch.arange(256, dtype=torch.uint8, device="cuda")
-        field = s + 126 - _mxfp4_matmul.WEIGHT_SHIFT  # the exponent field of the multiplier 2^(s - 1 - WEIGHT_SHIFT)
-        bits = (field << 7) | (field << 23) if in_k_order else field << 7  # its bf16 bits, twice or once
-        scale_bits = torch.full((256,), bits, dtype=torch.int32, device="cuda")
-        even, odd = (torch.empty(256, dtype=torch.bfloat16, device="cuda") for _ in range(2))
-        _decode_bytes[(1,)](codes, scale_bits, even, odd, SIZE=256, IN_K_ORDER=in_k_order)
-        scales = torch.full((256, 1), s, dtype=torch.uint8, device="cuda")
-        weights = dequantize(codes.view(256, 1, 1).expand(256, 1, 16), scales, torch.float32)[:, :2]
-        expected = (weights * 2.0**-_mxfp4_matmul.WEIGHT_SHIFT).bfloat16()  # exact: a power of two, normal results
-        assert torch.equal(even, expected[:, 0]) and torch.equal(odd, expected[:, 1]), s
+    under scales across the window they serve, subnormal and zero codes included. Neighbouring bytes have different
+    scales, so a decoder that multiplies one byte's codes by another's scale fails too."""
+    window = torch.tensor([MIN_SCALE, 100, 119, 127, 128, 129, 140, MAX_SCALE])
+    codes = torch.arange(256, dtype=torch.uint8).repeat(len(window))
+    i = torch.arange(codes.numel())
+    scales = window[(i + i // 256) % len(window)]  # the r-th copy of byte b gets scale r + b: each byte meets each
+    field = scales + 126 - _mxfp4_matmul.WEIGHT_SHIFT  # the exponent field of the multiplier 2^(s - 1 - WEIGHT_SHIFT)
+    bits = (field << 7) | (field << 23) if in_k_order else field << 7  # its bf16 bits, twice or once
+    even, odd = (torch.empty(codes.numel(), dtype=torch.bfloat16, device=DEVICE) for _ in range(2))
+    _decode_bytes[(1,)](codes.to(DEVICE), bits.int().to(DEVICE), even, odd, SIZE=codes.numel(), IN_K_ORDER=in_k_order)
+    weights = dequantize(codes.view(-1, 1, 1).expand(-1, 1, 16), scales.view(-1, 1).to(torch.uint8), torch.float32)
+    expected = (weights[:, :2] * 2.0**-_mxfp4_matmul.WEIGHT_SHIFT).bfloat16()  # exact: a power of two, normal
+    assert torch.equal(even.cpu(), expected[:, 0]) and torch.equal(odd.cpu(), expected[:, 1])
 
 
 def test_layout_low_nibble_first_and_one_scale_per_32() -> None:
@@ -327,12 +341,33 @@ def test_mxfp4_matmul_transposed_matches_reference(counts: list[int], n: int, k:
     assert_close_to(dx, mxfp4_matmul_transposed_torch(dy.double(), blocks, scales, groups, as_double(lora)), dtype)
 
 
+@pytest.mark.parametrize("counts,n,k", SHAPES)
+def test_packed_decoders_in_the_kernels_match_the_reference(packed, counts: list[int], n: int, k: int) -> None:
+    """The forward (bias, LoRA's B product) and dX (LoRA's A product) in bf16 through the PTX decoders, each scale of
+    its own: every tile of the tables, two-warp mma.sync and swizzled one-warpgroup ones, the settled dots included."""
+    x, blocks, scales, groups, bias = inputs(counts, n, k, torch.bfloat16, seed=10)
+    assert mxfp4_matmul_module.packed_dequant(x)
+    lora = lora_product(counts, n, 8, torch.bfloat16, seed=11)
+    y = mxfp4_matmul(x, blocks, scales, groups, bias.bfloat16(), lora)
+    expected = mxfp4_matmul_torch(x.double(), blocks, scales, groups, bias.bfloat16().double(), as_double(lora))
+    assert_close_to(y, expected, torch.bfloat16)
+    dy = torch.randn(sum(counts), n, generator=torch.Generator().manual_seed(12)).bfloat16().to(DEVICE)
+    lora = lora_product(counts, k, 8, torch.bfloat16, seed=13)
+    dx = mxfp4_matmul_transposed(dy, blocks, scales, groups, lora)
+    assert_close_to(dx, mxfp4_matmul_transposed_torch(dy.double(), blocks, scales, groups, as_double(lora)),
+                    torch.bfloat16)  # fmt: skip
+
+
 @pytest.mark.parametrize("scale", [MIN_SCALE, MAX_SCALE])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_both_ends_of_the_scale_window_decode_exactly(scale: int, dtype: torch.dtype) -> None:
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, "packed"])
+def test_both_ends_of_the_scale_window_decode_exactly(request, scale: int, dtype: torch.dtype | str) -> None:
     """Weights of 2^-102 (every scale MIN_SCALE) and of 12 * 2^24 (MAX_SCALE) through the forward and dX: the one
     multiply of the decoders and the sums scaled back by 2^WEIGHT_SHIFT neither flush nor overflow. |x| in [1, 2):
-    products stay normal floats too, as the tensor cores may flush below (only far smaller weights ever meet that)."""
+    products stay normal floats too, as the tensor cores may flush below (only far smaller weights ever meet that).
+    "packed": bf16 through the PTX decoders."""
+    if dtype == "packed":
+        request.getfixturevalue("packed")
+        dtype = torch.bfloat16
     counts, n, k = [3, 0, 20], 40, 96
     blocks, _ = random_mxfp4((len(counts), n, k), seed=6)
     scales = torch.full((len(counts), n, k // 32), scale, dtype=torch.uint8)
