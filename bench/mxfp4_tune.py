@@ -39,6 +39,7 @@ N, K, TOP_K = 5760, 2880, 4
 CONFIGS: dict[str, list[tuple[int, int, int, int, int]]] = {
     "scaled": [(16, 64, 128, 4, 3), (64, 64, 128, 4, 3), (128, 128, 128, 8, 3)],
     "wx": [
+        (8, 32, 128, 2, 3), (8, 32, 128, 2, 4), (8, 64, 128, 2, 3), (8, 64, 128, 4, 3),
         (16, 32, 64, 2, 4), (16, 32, 128, 2, 3), (16, 32, 128, 2, 4), (16, 32, 128, 4, 4), (16, 64, 64, 4, 4),
         (16, 64, 64, 4, 6), (16, 64, 128, 2, 4), (16, 64, 128, 4, 4), (16, 64, 128, 4, 6), (16, 128, 128, 4, 4),
         (16, 128, 256, 4, 3), (32, 32, 128, 2, 4), (32, 64, 128, 2, 4), (32, 128, 128, 4, 4), (64, 64, 128, 2, 3),
@@ -47,6 +48,7 @@ CONFIGS: dict[str, list[tuple[int, int, int, int, int]]] = {
         (256, 128, 64, 8, 3),
     ],
     "wxt": [
+        (8, 32, 128, 2, 4), (8, 64, 128, 2, 4), (8, 64, 128, 4, 3),
         (16, 32, 128, 2, 4), (16, 64, 128, 2, 4), (16, 64, 128, 4, 4), (16, 128, 128, 4, 4), (32, 32, 128, 2, 4),
         (32, 64, 128, 2, 4), (32, 64, 128, 4, 4), (64, 32, 128, 2, 3), (64, 64, 128, 4, 3), (64, 128, 128, 8, 3),
         (128, 64, 128, 4, 3), (128, 64, 128, 8, 3), (128, 128, 128, 8, 3), (128, 64, 256, 8, 3), (256, 64, 128, 8, 3),
@@ -93,7 +95,9 @@ def main() -> None:
     parser.add_argument("--rows", default="64,2048,4096,16384")
     parser.add_argument("--kinds", default="", help="comma-separated CONFIGS keys to sweep (default all)")
     parser.add_argument("--experts", type=int, default=32)
+    parser.add_argument("--tiles", default="", help="only these tiles, e.g. '8,32,128,2,3;16,32,128,2,3'")
     args = parser.parse_args()
+    only = {tuple(map(int, t.split(","))) for t in args.tiles.split(";") if t}
     torch.manual_seed(0)
     e = args.experts
     blocks = torch.randint(0, 256, (e, N, K // 32, 16), dtype=torch.uint8, device="cuda")
@@ -119,7 +123,7 @@ def main() -> None:
             if args.kinds and kind not in args.kinds.split(","):
                 continue
             pass_ = "dX" if kind == "wxt" else "forward"
-            for cfg in configs:
+            for cfg in (c for c in configs if not only or c in only):
                 name = f"M={m:6d} {kind:10s} {cfg}"
                 try:
                     fn = launcher(kind, cfg, x, dy, w, scales, groups)
