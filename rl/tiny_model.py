@@ -11,6 +11,7 @@ from transformers import GptOssConfig, GptOssForCausalLM
 # o200k_harmony special tokens that the model config must know (as in the released gpt-oss configs).
 RETURN_ID = 200002  # <|return|>: end of a final answer
 PAD_ID = 199999  # <|endoftext|>
+BOS_ID = 199998  # <|startoftext|>: the Harmony tokenizer's bos (GRPOTrainer warns when the config's differs)
 VOCAB_SIZE = 201088
 
 
@@ -43,6 +44,7 @@ def tiny_config(
         max_position_embeddings=4096,
         eos_token_id=RETURN_ID if vocab_size > RETURN_ID else None,  # a shrunk vocabulary (tests) has no Harmony ids
         pad_token_id=PAD_ID if vocab_size > PAD_ID else None,
+        bos_token_id=BOS_ID if vocab_size > BOS_ID else None,
         tie_word_embeddings=False,
     )
 

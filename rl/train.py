@@ -132,6 +132,9 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
 
     score_only_completion_tokens()
     rollout = Rollout(config, actions, TURN_BASED.get(config.env))
+    # TRL marks `rollout_func` experimental; pyproject.toml pins the TRL minor it is tested with, so its warning
+    # would tell a user nothing they can act on.
+    warnings.filterwarnings("ignore", message="You are using 'rollout_func'", category=UserWarning)
     trainer = GRPOTrainer(
         model=load_policy(config),
         reward_funcs=rewards,
