@@ -23,6 +23,13 @@ from oss_grpo.kernels.routing import ExpertGroups
 # 16-wide tile, 1.8-1.9x faster). grouped_outer sums over rows into [r, K] or [N, r]: the narrow side one 16-wide
 # tile, the wide side 128 (1.04-1.45x faster).
 OUTER_BLOCK_M = 64
+SPLIT_BELOW_PROGRAMS = 264
+"""A product over a long K whose launch would have fewer programs than this (2 per SM of an H100) has its K split
+over more programs, each summing a slice of at least 2 K steps into float32 partials that one torch sum adds up.
+Why: at a decode step, x A_e^T of the 20b gate_up has 128 rows, ~35 row tiles of 32 and one column tile, and each
+program walks all 2,880 of K (23 dependent steps) while most SMs idle. LoRA r16 added 26 us to the 20b gate_up and 18
+us to down at 128 rows on an H100 (docs/BENCHMARKS.md, session 15, second products' launches included; those are in
+the MXFP4 kernels' epilogues since), about 1 ms of a batch-32 decode token. The split is not timed yet."""
 
 
 def _side(size: int, widest: int) -> int:
@@ -47,16 +54,21 @@ def grouped_matmul(x: torch.Tensor, v: torch.Tensor, groups: ExpertGroups, scale
     if not runs_triton(x):
         return grouped_matmul_torch(x, v, groups) * scale
     x = x.contiguous()
-    y = torch.empty(x.shape[0], n, dtype=x.dtype, device=x.device)
     tile = _matmul_tile(n, k)
     grid = (triton.cdiv(n, tile["BLOCK_N"]), groups.row_tiles(tile["BLOCK_M"]))
-    jit._grouped_matmul_kernel[grid](
+    steps = triton.cdiv(k, tile["BLOCK_K"])
+    splits = min(steps // 2, triton.cdiv(SPLIT_BELOW_PROGRAMS, grid[0] * grid[1])) if k > 64 else 1
+    k_split = triton.cdiv(steps, max(splits, 1)) * tile["BLOCK_K"]
+    splits = triton.cdiv(k, k_split)
+    dtype = x.dtype if splits == 1 else torch.float32
+    y = torch.empty(splits, x.shape[0], n, dtype=dtype, device=x.device)
+    jit._grouped_matmul_kernel[(*grid, splits)](
         x, y, v, groups.offsets, groups.num_experts,
         n, k,
-        x.stride(0), y.stride(0), v.stride(0), v.stride(1), v.stride(2), scale,
+        x.stride(0), y.stride(1), v.stride(0), v.stride(1), v.stride(2), scale, k_split, y.stride(0),
         DOT_DTYPE=dot_dtype(x), E_PAD=groups.padded_experts, **tile,
     )  # fmt: skip
-    return y
+    return y[0] if splits == 1 else y.sum(0).to(x.dtype)
 
 
 def grouped_matmul_torch(x: torch.Tensor, v: torch.Tensor, groups: ExpertGroups) -> torch.Tensor:

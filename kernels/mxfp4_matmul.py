@@ -89,8 +89,8 @@ def runs_triton(x: torch.Tensor) -> bool:
 def packed_dequant(x: torch.Tensor) -> bool:
     """Decode two codes per instruction (PTX bf16x2: _mxfp4_matmul._e2m1_bytes_to_bf16, _e2m1_pairs_to_bf16) and wait
     for each step's wgmmas (_settled): bf16 on compute capability 9+ (mul.bf16x2 needs it; the interpreter runs PTX
-    only in the tests, emulated). Bit for bit the same results as the float32 decoding; on the H100 dX 1.04-1.38x faster (session 10), the
-    forward 1.03-1.13x with the codes in k order (session 17; docs/BENCHMARKS.md)."""
+    only in the tests, emulated). Bit for bit the same results as the float32 decoding; on the H100 dX 1.04-1.38x
+    faster (session 10), the forward 1.03-1.13x with the codes in k order (session 17; docs/BENCHMARKS.md)."""
     return _bf16_on_gpu(x, 9)
 
 

@@ -15,6 +15,7 @@ from ptx_emulator import emulate_inline_asm
 from triton.runtime.interpreter import InterpreterBuilder
 
 from oss_grpo.kernels import _mxfp4_matmul
+from oss_grpo.kernels import grouped_matmul as grouped_matmul_module
 from oss_grpo.kernels import mxfp4_matmul as mxfp4_matmul_module
 from oss_grpo.kernels.expert_matmul import ExpertLora, expert_linear, expert_linear_torch
 from oss_grpo.kernels.grouped_matmul import grouped_matmul, grouped_matmul_torch, grouped_outer, grouped_outer_torch
@@ -436,7 +437,7 @@ def test_full_width_products_are_finite_and_repeatable(routing: str) -> None:
     assert_close_to(runs[0][1], mxfp4_matmul_transposed_torch(dy.double(), blocks, scales, groups), torch.bfloat16)
 
 
-@pytest.mark.parametrize("k", [40, 300])  # one reduction step, and several (ragged) in the long-K tile
+@pytest.mark.parametrize("k", [40, 300, 1000])  # one reduction step; several (ragged); K split over programs
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_grouped_matmul_and_outer_match_reference(dtype: torch.dtype, k: int) -> None:
     counts = [5, 0, 70]
@@ -452,6 +453,26 @@ def test_grouped_matmul_and_outer_match_reference(dtype: torch.dtype, k: int) ->
     outer = grouped_outer(x, b, groups)
     assert outer.dtype == torch.float32 and (outer[1] == 0).all()
     assert_close_to(outer, grouped_outer_torch(x.double(), b.double(), groups), torch.float32)
+
+
+def test_few_rows_split_a_long_k_over_more_programs(monkeypatch) -> None:
+    """A decode step's x A_e^T (few rows, K = 2880): the reduction runs in slices of 3 K steps on the grid's third
+    axis (the last one shorter) and their float32 sums add up to the unsplit product, up to float32 rounding."""
+    grids = []
+    kernel = grouped_matmul_module.jit._grouped_matmul_kernel
+    monkeypatch.setattr(grouped_matmul_module.jit, "_grouped_matmul_kernel",
+                        type("Spy", (), {"__getitem__": lambda self, grid: grids.append(grid) or kernel[grid]})())
+    counts = [3, 0, 5, 4]
+    groups = ExpertGroups.from_counts(torch.tensor(counts, device=DEVICE), sum(counts))
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(sum(counts), 2880, generator=g).to(DEVICE)
+    v = torch.randn(4, 16, 2880, generator=g).to(DEVICE).transpose(1, 2)
+    y = grouped_matmul(x, v, groups, 0.5)
+    monkeypatch.setattr(grouped_matmul_module, "SPLIT_BELOW_PROGRAMS", 0)
+    unsplit = grouped_matmul(x, v, groups, 0.5)
+    assert grids[0][2] == 8 and grids[1][2] == 1  # 23 steps of 128 in 8 slices of 3, and the same launch unsplit
+    assert_close_to(y, grouped_matmul_torch(x.double(), v.double(), groups) * 0.5, torch.float32)
+    assert_close_to(y, unsplit.double(), torch.float32)
 
 
 def lora_for(counts: list[int], n: int, k: int, rank: int, dtype: torch.dtype, seed: int) -> ExpertLora:
