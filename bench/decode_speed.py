@@ -17,6 +17,9 @@ experts, PEFT LoRA r16 on attention and experts, as the step trains it):
               graph recorded at the same length first. Against `compile` in the same process: the same forward
               and cache, the loop around it ours (on a CPU the same loop, eager)
     profile-graphed  `profile` over 64 tokens of the graphed decoder: how much of its wall time the GPU still idles
+    profile-graphed-kernels  the same with the compiled step run as it is, not recorded, so that the profiler lists
+              each of its kernels (inside a CUDA graph it sees one launch); with `kernel_groups`, GPU ms and launches
+              per token by kind of kernel: where a decode token's time goes, what a fusion would save
     compile-fp32-lora  the same with the LoRA factors in float32 while sampling (every part but this one samples
               with them in the model's dtype, as the trainer's generator does: rl/sampling_adapters.py)
     forced    whether the compiled decode computes what eager does: both generate the same random tokens, forced
@@ -46,6 +49,7 @@ import json
 import time
 import warnings
 from collections.abc import Iterator
+from types import SimpleNamespace
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -94,6 +98,41 @@ def speed(model, prompt_ids: torch.Tensor, settings: Settings, graphed: bool = F
     return {"seconds": seconds, "tokens_per_s_per_sequence": settings.new_tokens / seconds,
             "ms_per_token": 1e3 * seconds / settings.new_tokens,
             "first_tokens": sequences[:, prompt_ids.shape[1] : prompt_ids.shape[1] + 8].tolist()}
+
+
+KERNEL_GROUPS = (
+    ("_mxfp4_", "MXFP4 expert GEMMs (ours)"), ("_grouped_", "expert LoRA factors (ours)"), ("_swiglu", "swiglu (ours)"),
+    ("triton_", "Inductor's fused kernels"), ("sort", "top-k and sorting"), ("topk", "top-k and sorting"),
+    ("radix", "top-k and sorting"), ("nvjet", "cuBLAS"), ("gemm", "cuBLAS"), ("gemv", "cuBLAS"),
+    ("splitK", "cuBLAS"), ("cutlass", "cuBLAS"), ("Memcpy", "copies"), ("Memset", "copies"),
+)
+"""Kernel name fragments and the group each names, first match wins; any other kernel counts as "other"."""
+
+
+def kernel_groups(events, tokens: int) -> dict[str, dict[str, float]]:
+    """GPU ms and launches per token of each `KERNEL_GROUPS` group, from `key_averages` events, largest first."""
+    groups: dict[str, dict[str, float]] = {}
+    for e in events:
+        if e.device_type != DeviceType.CUDA or e.self_device_time_total <= 0:
+            continue
+        group = next((g for fragment, g in KERNEL_GROUPS if fragment in e.key), "other")
+        totals = groups.setdefault(group, {"ms_per_token": 0.0, "launches_per_token": 0.0})
+        totals["ms_per_token"] += e.self_device_time_total / 1e3 / tokens
+        totals["launches_per_token"] += e.count / tokens
+    return dict(sorted(groups.items(), key=lambda kv: -kv[1]["ms_per_token"]))
+
+
+@contextmanager
+def graphs_off(model) -> Iterator[None]:
+    """The model's graphed decoder runs its Inductor-compiled step as it is instead of recording it: each kernel is a
+    launch of its own, which the profiler lists (a replayed CUDA graph shows as one). Same kernels, other gaps."""
+    decoder = decoder_for(model, stop_ids=[])
+    decoder._record, decoder.graphs = lambda step: SimpleNamespace(replay=step), {}
+    try:
+        yield
+    finally:
+        del decoder._record  # the class's method again
+        decoder.graphs = {}
 
 
 def gpu_busy_seconds(events) -> float:
@@ -151,7 +190,7 @@ def profile(model, prompt_ids: torch.Tensor, settings: Settings, tokens: int = 8
     ops = sum(e.count for e in events if e.key.startswith("aten::"))
     return {"wall_s": seconds, "gpu_busy_s": busy, "busy_fraction": busy / seconds, "gpu_busy_union_s": busy_union,
             "gpu_idle_fraction": 1 - busy_union / seconds, "tokens": short.new_tokens,
-            "aten_calls_per_token": ops / short.new_tokens,
+            "aten_calls_per_token": ops / short.new_tokens, "kernel_groups": kernel_groups(events, short.new_tokens),
             "by_gpu": table["self_device_time_total"], "by_cpu": table["self_cpu_time_total"]}
 
 
@@ -277,6 +316,10 @@ def measure_generation(shape, device: torch.device, settings: Settings, parts: l
             elif part == "profile-graphed":
                 results[part] = profile(model, prompt_ids, dataclasses.replace(settings, compile=True), tokens=64,
                                         graphed=True)
+            elif part == "profile-graphed-kernels":
+                with graphs_off(model):
+                    results[part] = profile(model, prompt_ids, dataclasses.replace(settings, compile=True),
+                                            tokens=min(64, settings.new_tokens), rows=60, graphed=True)
             elif part == "compile-fp32-lora":  # the baseline of rl/sampling_adapters.py
                 # Dynamo does not guard the parameters' dtype (it assumes a module's parameters stay as they are), so
                 # a decode compiled with the factors in one dtype is dropped before and after this part.

@@ -12,7 +12,7 @@ import json
 import math
 import sys
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 
 import torch
 
@@ -109,14 +109,33 @@ def test_memory_options_shrink_weights_and_optimizer_state(monkeypatch) -> None:
 
 def test_decode_speed_parts_report_on_the_step_model(tmp_path: Path) -> None:
     report = decode_speed.main(["--shape", "tiny", "--device", "cpu", "--batch", "4", "--prompt-tokens", "8",
-                                "--new-tokens", "4", "--parity-tokens", "16", "--parts", "eager,graphed,profile,parity",
-                                "--json", str(tmp_path / "decode.json")])
-    assert json.loads((tmp_path / "decode.json").read_text()).keys() >= {"eager", "graphed", "profile", "parity"}
+                                "--new-tokens", "4", "--parity-tokens", "16", "--parts",
+                                "eager,graphed,profile,profile-graphed-kernels,parity",
+                                "--json", str(tmp_path / "decode.json")])  # fmt: skip
+    assert json.loads((tmp_path / "decode.json").read_text()).keys() >= {"eager", "graphed", "profile", "parity",
+                                                                           "profile-graphed-kernels"}  # fmt: skip
     for part in ("eager", "graphed"):
         assert report[part]["tokens_per_s_per_sequence"] > 0 and len(report[part]["first_tokens"]) == 4
-    assert report["profile"]["aten_calls_per_token"] > 0 and report["profile"]["by_cpu"]
+    for part in ("profile", "profile-graphed-kernels"):
+        assert report[part]["aten_calls_per_token"] > 0 and report[part]["by_cpu"], report[part]
+        assert report[part]["kernel_groups"] == {}  # no GPU kernels on a CPU
     for key in ("gap_bf16_router", "gap_fp32_router"):
         assert 0 < report["parity"][key]["mean"] < 0.01, report["parity"]
+
+
+def test_kernel_groups_sum_each_kind_of_kernel_per_token() -> None:
+    """profile-graphed-kernels' table: GPU time and launches per token by kind, the first matching name wins."""
+    cuda, cpu = decode_speed.DeviceType.CUDA, decode_speed.DeviceType.CPU
+    event = lambda key, us, count, device=cuda: SimpleNamespace(key=key, self_device_time_total=us, count=count,  # noqa: E731
+                                                                device_type=device)  # fmt: skip
+    events = [event("_mxfp4_wx_kernel", 6400.0, 96), event("triton_poi_fused_add_sort_0", 800.0, 64),
+              event("nvjet_tst_64x8_64x16", 1600.0, 128), event("void at::native::sortKeyValueInplace", 320.0, 32),
+              event("aten::mm", 999.0, 1, cpu), event("elementwise_kernel", 160.0, 32)]
+    groups = decode_speed.kernel_groups(events, tokens=32)
+    assert list(groups) == ["MXFP4 expert GEMMs (ours)", "cuBLAS", "Inductor's fused kernels", "top-k and sorting",
+                            "other"]  # fmt: skip
+    assert groups["MXFP4 expert GEMMs (ours)"] == {"ms_per_token": 0.2, "launches_per_token": 3.0}
+    assert groups["Inductor's fused kernels"]["launches_per_token"] == 2.0  # "triton_" before "sort"
 
 
 def test_forced_decoding_compares_two_runs_distributions_and_can_fail() -> None:
