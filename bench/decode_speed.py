@@ -106,7 +106,8 @@ KERNEL_GROUPS = (
     ("radix", "top-k and sorting"), ("nvjet", "cuBLAS"), ("gemm", "cuBLAS"), ("gemv", "cuBLAS"),
     ("splitK", "cuBLAS"), ("cutlass", "cuBLAS"), ("Memcpy", "copies"), ("Memset", "copies"),
 )
-"""Kernel name fragments and the group each names, first match wins; any other kernel counts as "other"."""
+"""Kernel name fragments (any case: ATen's top-k is `gatherTopK`) and the group each names, first match wins; any
+other kernel counts as "other"."""
 
 
 def kernel_groups(events, tokens: int) -> dict[str, dict[str, float]]:
@@ -115,7 +116,7 @@ def kernel_groups(events, tokens: int) -> dict[str, dict[str, float]]:
     for e in events:
         if e.device_type != DeviceType.CUDA or e.self_device_time_total <= 0:
             continue
-        group = next((g for fragment, g in KERNEL_GROUPS if fragment in e.key), "other")
+        group = next((g for fragment, g in KERNEL_GROUPS if fragment.lower() in e.key.lower()), "other")
         totals = groups.setdefault(group, {"ms_per_token": 0.0, "launches_per_token": 0.0})
         totals["ms_per_token"] += e.self_device_time_total / 1e3 / tokens
         totals["launches_per_token"] += e.count / tokens

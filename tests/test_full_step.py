@@ -129,7 +129,7 @@ def test_kernel_groups_sum_each_kind_of_kernel_per_token() -> None:
     event = lambda key, us, count, device=cuda: SimpleNamespace(key=key, self_device_time_total=us, count=count,  # noqa: E731
                                                                 device_type=device)  # fmt: skip
     events = [event("_mxfp4_wx_kernel", 6400.0, 96), event("triton_poi_fused_add_sort_0", 800.0, 64),
-              event("nvjet_tst_64x8_64x16", 1600.0, 128), event("void at::native::sortKeyValueInplace", 320.0, 32),
+              event("nvjet_tst_64x8_64x16", 1600.0, 128), event("void at::native::sbtopk::gatherTopK", 320.0, 32),
               event("aten::mm", 999.0, 1, cpu), event("elementwise_kernel", 160.0, 32)]
     groups = decode_speed.kernel_groups(events, tokens=32)
     assert list(groups) == ["MXFP4 expert GEMMs (ours)", "cuBLAS", "Inductor's fused kernels", "top-k and sorting",
