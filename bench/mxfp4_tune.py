@@ -24,6 +24,8 @@ sys.path.insert(0, str(_shim.parent))
 from oss_grpo.kernels import _mxfp4_matmul as jit  # noqa: E402
 from oss_grpo.kernels.mxfp4 import dequantize  # noqa: E402
 from oss_grpo.kernels.mxfp4_matmul import (  # noqa: E402
+    _lora_args,
+    dot_dtype,
     mxfp4_matmul_torch,
     mxfp4_matmul_transposed_torch,
     packed_dequant,
@@ -57,6 +59,7 @@ CONFIGS: dict[str, list[tuple[int, int, int, int, int]]] = {
     ],
 }  # fmt: skip
 CONFIGS["wxs"] = CONFIGS["wx"]
+CONFIGS["wxtr"] = CONFIGS["wxt"]  # dX decoding W by rows (Tiles.by_row)
 
 
 def median_us(fn: Callable[[], object]) -> float:
@@ -64,31 +67,35 @@ def median_us(fn: Callable[[], object]) -> float:
 
 
 def launcher(kind: str, cfg: tuple[int, int, int, int, int], x, dy, w, scales, groups: ExpertGroups) -> Callable:
-    """A no-argument call of one kernel variant with one tile configuration, output allocated once."""
+    """A no-argument call of one kernel variant with one tile configuration, output allocated once; no bias, no LoRA
+    (mxfp4_matmul's own placeholders for them, never read)."""
     bm, bn, bk, warps, stages = cfg
     tiles = groups.row_tiles(bm)
     strides = (w.stride(0), w.stride(1), scales.stride(0), scales.stride(1))
     opts = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, E_PAD=groups.padded_experts, num_warps=warps, num_stages=stages)
-    decode = dict(DOT_DTYPE=jit.tl.bfloat16, PACKED=packed_dequant(x))  # as mxfp4_matmul launches the wx kernels
-    if kind == "wxt":
+    decode = dict(DOT_DTYPE=dot_dtype(x), PACKED=packed_dequant(x))  # as mxfp4_matmul launches the wx kernels
+    table = (groups.offsets, groups.num_experts)
+    if kind in ("wxt", "wxtr"):
         out = torch.empty(dy.shape[0], K, dtype=dy.dtype, device=dy.device)
         grid = (triton.cdiv(K, bk), tiles)
-        args = (dy, out, w, scales, groups.offsets, groups.num_experts, N, K // 2, dy.stride(0), out.stride(0))
+        lora, constants = _lora_args(None, dy)
+        args = (dy, out, w, scales, *table, N, K // 2, dy.stride(0), out.stride(0), *strides, *lora)
         kernel = jit._mxfp4_wx_transposed_kernel
-        return lambda: (kernel[grid](*args, *strides, **decode, **opts), out)[1]
+        return lambda: (kernel[grid](*args, BY_ROW=kind == "wxtr", **constants, **decode, **opts), out)[1]
     out = torch.empty(x.shape[0], N, dtype=x.dtype, device=x.device)
     grid = (triton.cdiv(N, bn), tiles)
-    tables = (x, groups.offsets, groups.num_experts, x, x)  # no bias, no LoRA: placeholders never read
-    no_extras = (0, 0, 0, 0, 0, 0.0)  # the bias's and the LoRA factors' strides and scale
-    opts |= dict(HAS_BIAS=False, HAS_LORA=False, R_PAD=16)
+    lora, constants = _lora_args(None, x)
+    opts |= dict(HAS_BIAS=False, **constants)
+    rest = (x.stride(0), out.stride(0), *strides, 0, *lora)  # x stands in for the bias, stride 0
     if kind in ("wx", "wxs"):
-        args = (out, w, scales, *tables, N, K // 2, 1, x.stride(0), out.stride(0), *strides, *no_extras)
-        kernel = jit._mxfp4_wx_kernel
         swizzled = kind == "wxs"
         order = swizzle_k if swizzled else lambda x: x
-        return lambda: (kernel[grid](order(x), *args, SWIZZLED=swizzled, **decode, **opts), out)[1]
-    args = (x, out, w, scales, *tables, N, K, 1, x.stride(0), out.stride(0), *strides, *no_extras)
-    return lambda: (jit._mxfp4_scaled_kernel[grid](*args, DOT_DTYPE=jit.tl.bfloat16, **opts), out)[1]
+        kernel = jit._mxfp4_wx_kernel
+        return lambda: (kernel[grid](order(x), out, w, scales, x, *table, N, K // 2, *rest, SWIZZLED=swizzled,
+                                     **decode, **opts), out)[1]  # fmt: skip
+    kernel = jit._mxfp4_scaled_kernel
+    return lambda: (kernel[grid](x, out, w, scales, x, *table, N, K, *rest, DOT_DTYPE=decode["DOT_DTYPE"], **opts),
+                    out)[1]  # fmt: skip
 
 
 def main() -> None:

@@ -16,14 +16,17 @@ row n holds code k = 2j in its low nibble and k = 2j + 1 in its high nibble; `sc
 32 codes. That is "e2m1 packed along K with scales along K", exactly what `tl.dot_scaled` takes for its rhs [K, N]
 (Hopper and older emulate it by upcasting to bf16 through shared memory; Blackwell runs it natively).
 
-The "wx" kernels dequantise in registers (exact: _e2m1_to_bf16; on compute capability 9+ two codes per instruction,
-_e2m1_bytes_to_bf16 for the forward and _e2m1_pairs_to_bf16 for dX) and put the weights on the LEFT of the dot,
+The "wx" kernels dequantise in registers (_e2m1.py: exact, on compute capability 9+ two codes per instruction, each
+weight times 2^-WEIGHT_SHIFT, which the kernels take back from their float32 sums) and put the weights on the LEFT of
+the dot,
 y^T = W_e x^T and dx^T = W_e^T dy^T: W's tile is the wgmma operand that may come from registers, and the routed rows
 become the dot's N dimension, which may be as small as 16, so an expert with few rows wastes little. Each byte holds an
 even and an odd code. The forward decodes them into one register in k order, so one dot per step covers BLOCK_K and x is
 read as it is (SWIZZLED: W's bytes of each 16 in another order, x copied into the same by mxfp4_matmul.swizzle_k). dX
 runs two dots, the even and the odd codes, into two accumulators that are different outputs (its even and odd columns,
-stored apart): measured faster there than one interleaved dot.
+stored apart): measured faster there than one interleaved dot. BY_ROW (Tiles.by_row, a candidate not yet timed) has dX
+decode W's rows as the forward does and transpose the decoded tile for one dot: 21-35% fewer sm_90 instructions a step
+than loading the codes transposed, where one-byte loads and packing them take most of the loop.
 
 A wgmma reads its register operand after it issues, and Triton 3.6 leaves a step's wgmmas in flight across the loop's
 back edge, where ptxas may already write the next step's decoded codes into those registers: NaN in the 20b trainer
@@ -51,16 +54,10 @@ tl.dot_scaled with bf16 loaded from memory is correct there. Tile shapes and the
 import triton
 import triton.language as tl
 
+from oss_grpo.kernels._e2m1 import _SCALE_OFFSET, _UNSHIFT, _e2m1_bytes_to_bf16, _e2m1_pairs_to_bf16, _e2m1_to_bf16
+
 INTERPRETED: bool = bool(triton.knobs.runtime.interpret)
 """True when these kernels were built by the Triton interpreter (the env var is read when @triton.jit runs)."""
-WEIGHT_SHIFT = 24
-"""The decoders make each weight times 2^-WEIGHT_SHIFT and the wx kernels multiply their float32 sums by
-2^WEIGHT_SHIFT. Why: a code placed in a float's bits reads as the code times 2^-126, and one multiply by
-2^(s - 1 - WEIGHT_SHIFT) then scales it, where 2^(s - 1) itself would overflow above s = 128 and take a second
-multiply (by 2^126, then by the scale: one instruction in five of the packed decoders). Every value on the way stays a
-normal float for s in [mxfp4.MIN_SCALE, mxfp4.MAX_SCALE] = [26, 152], weights of 2^-102 to 12 * 2^24."""
-_SCALE_OFFSET = tl.constexpr(126 - WEIGHT_SHIFT)  # s + this = the float exponent field of 2^(s - 1 - WEIGHT_SHIFT)
-_UNSHIFT = tl.constexpr(2.0**WEIGHT_SHIFT)
 
 
 @triton.jit
@@ -142,99 +139,6 @@ def _mxfp4_scaled_kernel(
 
 
 @triton.jit
-def _e2m1_to_bf16(codes, scale):
-    """e2m1 codes (int32, the code in bits 0..3) and the multiplier 2^(s - 1 - WEIGHT_SHIFT) (float32) -> the exact
-    bfloat16 values times 2^-WEIGHT_SHIFT.
-
-    The code's sign and 3 magnitude bits go to float32 bits 31 and 24..22, which read as the code times 2^-126 (the
-    code 0.5 becomes a denormal); one exact multiply finishes it. That is 3 integer ops and 1 float op a code, against
-    ~11 integer ops for building the bf16 bits with 0.5 and 0 handled apart (measured on the H100: 20-45% faster
-    kernels); it needs denormals kept, which Triton's float multiply does.
-    """
-    raw = (((codes & 7) << 22) | ((codes & 8) << 28)).to(tl.float32, bitcast=True)
-    return (raw * scale).to(tl.bfloat16)
-
-
-@triton.jit
-def _e2m1_bytes_to_bf16(codes, scale_pair):
-    """Bytes of two e2m1 codes (uint8) and the multiplier 2^(s - 1 - WEIGHT_SHIFT) as bf16 bits in both halves of an
-    int32 -> the exact bfloat16 values of (low nibble, high nibble) times 2^-WEIGHT_SHIFT, four bytes per PTX block
-    (GPUs of compute capability 9+ only).
-
-    The idea of _e2m1_to_bf16, two codes per instruction, and each byte's two codes in one register, low nibble in the
-    low half: the k order the forward's dot takes its left operand in, so joining the two halves into the tile costs
-    no instruction (one prmt a register when the halves came from different bytes). The nibbles are split (and, shr),
-    prmt puts byte i's low and high nibble into the two 16-bit lanes, one multiply by 2^12 + 2^6 copies each code
-    to bits 12..15 and 6..9 of its lane (disjoint: no carry), and one and keeps the sign at bit 15 and the 3
-    magnitude bits at 8..6 (the code times 2^-126, 0.5 a subnormal); one mul.bf16x2 finishes both lanes: 4.75
-    instructions a register of two codes.
-    """
-    pairs = tl.inline_asm_elementwise(
-        asm="""
-        {
-        .reg .b32 lo, hi;
-        and.b32 lo, $4, 0x0F0F0F0F;
-        shr.b32 hi, $4, 4;
-        and.b32 hi, hi, 0x0F0F0F0F;
-        prmt.b32 $0, lo, hi, 0x8480;  prmt.b32 $1, lo, hi, 0x8581;
-        prmt.b32 $2, lo, hi, 0x8682;  prmt.b32 $3, lo, hi, 0x8783;
-        mul.lo.u32 $0, $0, 0x1040;  and.b32 $0, $0, 0x81C081C0;
-        mul.lo.u32 $1, $1, 0x1040;  and.b32 $1, $1, 0x81C081C0;
-        mul.lo.u32 $2, $2, 0x1040;  and.b32 $2, $2, 0x81C081C0;
-        mul.lo.u32 $3, $3, 0x1040;  and.b32 $3, $3, 0x81C081C0;
-        mul.rn.bf16x2 $0, $0, $5;
-        mul.rn.bf16x2 $1, $1, $6;
-        mul.rn.bf16x2 $2, $2, $7;
-        mul.rn.bf16x2 $3, $3, $8;
-        }
-        """,
-        constraints="=r,=r,=r,=r,r,r,r,r,r",
-        args=[codes, scale_pair],
-        dtype=tl.int32,
-        is_pure=True,
-        pack=4,
-    )
-    low = pairs.to(tl.int16).to(tl.bfloat16, bitcast=True)
-    high = (pairs >> 16).to(tl.int16).to(tl.bfloat16, bitcast=True)
-    return low, high
-
-
-@triton.jit
-def _e2m1_pairs_to_bf16(codes, scale_bits):
-    """Bytes of two e2m1 codes (uint8) and the bf16 bits of the multiplier 2^(s - 1 - WEIGHT_SHIFT) (int16) -> the
-    exact bfloat16 values of (low nibble, high nibble) times 2^-WEIGHT_SHIFT, four bytes per PTX block (GPUs of
-    compute capability 9+ only).
-
-    The same idea as _e2m1_to_bf16, two codes per instruction: prmt spreads two bytes into the two 16-bit lanes of a
-    register, shifts and masks put each code's sign at bit 15 and its 3 magnitude bits at 8..6 of its lane (the code
-    times 2^-126, 0.5 a subnormal), and one mul.bf16x2 finishes both lanes at once: about 3 operations a code against
-    about 11.
-    """
-    return tl.inline_asm_elementwise(
-        asm="""
-        {
-        .reg .b32 lo, hi, t;
-        prmt.b32 lo, $4, 0, 0x4140;
-        prmt.b32 hi, $4, 0, 0x4342;
-        shl.b32 t, lo, 12;  and.b32 t, t, 0x80008000;  shl.b32 $0, lo, 6;  and.b32 $0, $0, 0x01C001C0;  or.b32 $0, $0, t;
-        shl.b32 t, hi, 12;  and.b32 t, t, 0x80008000;  shl.b32 $1, hi, 6;  and.b32 $1, $1, 0x01C001C0;  or.b32 $1, $1, t;
-        shl.b32 t, lo, 8;  and.b32 t, t, 0x80008000;  shl.b32 $2, lo, 2;  and.b32 $2, $2, 0x01C001C0;  or.b32 $2, $2, t;
-        shl.b32 t, hi, 8;  and.b32 t, t, 0x80008000;  shl.b32 $3, hi, 2;  and.b32 $3, $3, 0x01C001C0;  or.b32 $3, $3, t;
-        mul.rn.bf16x2 $0, $0, $5;
-        mul.rn.bf16x2 $1, $1, $6;
-        mul.rn.bf16x2 $2, $2, $5;
-        mul.rn.bf16x2 $3, $3, $6;
-        }
-        """,
-        constraints="=r,=r,=r,=r,r,r,r",
-        args=[codes, scale_bits],
-        dtype=(tl.bfloat16, tl.bfloat16),
-        is_pure=True,
-        pack=4,
-    )
-
-
-@triton.jit
 def _settled(acc):
     """acc as it is, through an op the compiler cannot see into: Triton must then finish the step's dot (wgmma
     wait 0) before the loop goes on, so no tensor-core instruction still reads its register operand while the next
@@ -248,7 +152,8 @@ def _weight_tile(W, S, n, n_ok, b0, K_BYTES, stride_wn, stride_sn, DOT_DTYPE: tl
                  SWIZZLED: tl.constexpr):  # fmt: skip
     """Rows n of W_e, bytes b0 .. b0 + BLOCK_BYTES, dequantised: (even k, odd k), each [BLOCK_N, BLOCK_BYTES], or
     [BLOCK_BYTES, BLOCK_N] when TRANSPOSED, loaded that way (dX: 1.3-1.5x faster than transposing in registers, which
-    goes through shared memory). The scales, one byte per 16 bytes of codes, are loaded and turned into the decoders'
+    goes through shared memory, when both decoded in float32, 2026-12-06; `_weight_rows` and BY_ROW are that again
+    with the packed decoders). The scales, one byte per 16 bytes of codes, are loaded and turned into the decoders'
     multiplier once, then broadcast; the values come out times 2^-WEIGHT_SHIFT. SWIZZLED (forward only): the bytes of
     each 16 taken in `swizzle_k` order, tile column 4a + b holding byte 4b + a, a reshape that lets each thread load its
     4 bytes at once."""
@@ -285,6 +190,16 @@ def _weight_tile(W, S, n, n_ok, b0, K_BYTES, stride_wn, stride_sn, DOT_DTYPE: tl
 
 
 @triton.jit
+def _weight_rows(W, S, n, n_ok, b0, K_BYTES, stride_wn, stride_sn, DOT_DTYPE: tl.constexpr, BLOCK_N: tl.constexpr,
+                 BLOCK_K: tl.constexpr, PACKED: tl.constexpr, SWIZZLED: tl.constexpr):  # fmt: skip
+    """Rows n of W_e, codes 2 b0 .. 2 b0 + BLOCK_K, dequantised into one [BLOCK_N, BLOCK_K] tile in k order (byte j's
+    low nibble, then its high): the forward's left operand, and dX's once transposed (BY_ROW)."""
+    w_even, w_odd = _weight_tile(W, S, n, n_ok, b0, K_BYTES, stride_wn, stride_sn, DOT_DTYPE, BLOCK_N, BLOCK_K // 2,
+                                 TRANSPOSED=False, PACKED=PACKED, SWIZZLED=SWIZZLED)  # fmt: skip
+    return tl.reshape(tl.join(w_even, w_odd), (BLOCK_N, BLOCK_K))
+
+
+@triton.jit
 def _mxfp4_wx_kernel(
     X, Y, W, S, Bias, Offsets, num_experts,
     N, K_BYTES,
@@ -306,10 +221,8 @@ def _mxfp4_wx_kernel(
     S += expert * stride_se
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     for b0 in range(0, K_BYTES, BLOCK_K // 2):
-        w_even, w_odd = _weight_tile(W, S, n, n_ok, b0, K_BYTES, stride_wn, stride_sn,
-                                     DOT_DTYPE, BLOCK_N, BLOCK_K // 2, TRANSPOSED=False, PACKED=PACKED,
-                                     SWIZZLED=SWIZZLED)  # fmt: skip
-        w = tl.reshape(tl.join(w_even, w_odd), (BLOCK_N, BLOCK_K))  # k order: byte j's low nibble, then its high
+        w = _weight_rows(W, S, n, n_ok, b0, K_BYTES, stride_wn, stride_sn, DOT_DTYPE, BLOCK_N, BLOCK_K, PACKED,
+                         SWIZZLED)  # fmt: skip
         ks = 2 * b0 + tl.arange(0, BLOCK_K)
         x = tl.load(X + rows[:, None] * stride_xm + ks[None, :], mask=row_ok[:, None] & (ks[None, :] < 2 * K_BYTES),
                     other=0.0)  # fmt: skip
@@ -332,27 +245,45 @@ def _mxfp4_wx_transposed_kernel(
     N, K_BYTES,
     stride_dym, stride_dxm, stride_we, stride_wn, stride_se, stride_sn,
     XA, LB, R, stride_xam, stride_lbe, stride_lbn, stride_lbr, lora_scale,
-    HAS_LORA: tl.constexpr, R_PAD: tl.constexpr, DOT_DTYPE: tl.constexpr, PACKED: tl.constexpr,
+    HAS_LORA: tl.constexpr, R_PAD: tl.constexpr, DOT_DTYPE: tl.constexpr, PACKED: tl.constexpr, BY_ROW: tl.constexpr,
     E_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     """dx^T = W_e^T dy^T (+ LoRA's (s dy B_e) A_e) for BLOCK_K output columns: the dequantised weights, transposed,
-    are the left operand."""
+    are the left operand. BY_ROW: W's rows are decoded as the forward decodes them (16-byte loads, one tile in k
+    order) and the dot transposes the tile through shared memory (ldmatrix.trans); otherwise the codes are loaded
+    transposed (one-byte loads) and the even and odd columns are two dots into two accumulators."""
     expert, rows, row_ok = _tile(Offsets, num_experts, BLOCK_M, E_PAD)
     if expert < 0:
         return
     b0 = tl.program_id(0) * (BLOCK_K // 2)
     W += expert * stride_we
     S += expert * stride_se
+    if BY_ROW:
+        acc = tl.zeros((BLOCK_K, BLOCK_M), dtype=tl.float32)
+        for n0 in range(0, N, BLOCK_N):
+            n = n0 + tl.arange(0, BLOCK_N)
+            w = _weight_rows(W, S, n, n < N, b0, K_BYTES, stride_wn, stride_sn, DOT_DTYPE, BLOCK_N, BLOCK_K, PACKED,
+                             SWIZZLED=False)  # fmt: skip
+            acc = tl.dot(tl.trans(w), _dy_tile(DY, rows, row_ok, n, N, stride_dym, DOT_DTYPE), acc,
+                         input_precision="ieee")  # fmt: skip
+            if PACKED:  # as in the forward: the dot is a wgmma reading the transposed tile from registers
+                acc = _settled(acc)
+        acc *= _UNSHIFT
+        ks = 2 * b0 + tl.arange(0, BLOCK_K)
+        if HAS_LORA:  # LB = A_e^T [K, R]
+            acc = _add_lora_b(acc, XA, LB, expert, rows, row_ok, ks, ks < 2 * K_BYTES, R, stride_xam, stride_lbe,
+                              stride_lbn, stride_lbr, lora_scale, DOT_DTYPE, R_PAD, ROWS_FIRST=False)  # fmt: skip
+        tl.store(DX + rows[None, :] * stride_dxm + ks[:, None], acc.to(DX.dtype.element_ty),
+                 mask=(ks[:, None] < 2 * K_BYTES) & row_ok[None, :])  # fmt: skip
+        return
     acc_even = tl.zeros((BLOCK_K // 2, BLOCK_M), dtype=tl.float32)
     acc_odd = tl.zeros((BLOCK_K // 2, BLOCK_M), dtype=tl.float32)
     for n0 in range(0, N, BLOCK_N):
         n = n0 + tl.arange(0, BLOCK_N)
-        n_ok = n < N
-        w_even, w_odd = _weight_tile(W, S, n, n_ok, b0, K_BYTES, stride_wn, stride_sn,
+        w_even, w_odd = _weight_tile(W, S, n, n < N, b0, K_BYTES, stride_wn, stride_sn,
                                      DOT_DTYPE, BLOCK_N, BLOCK_K // 2, TRANSPOSED=True, PACKED=PACKED,
                                      SWIZZLED=False)  # fmt: skip
-        dy = tl.load(DY + rows[:, None] * stride_dym + n[None, :], mask=row_ok[:, None] & n_ok[None, :], other=0.0)
-        dy_t = tl.trans(dy.to(DOT_DTYPE))  # [BLOCK_N, BLOCK_M]
+        dy_t = _dy_tile(DY, rows, row_ok, n, N, stride_dym, DOT_DTYPE)
         acc_even = tl.dot(w_even, dy_t, acc_even, input_precision="ieee")
         acc_odd = tl.dot(w_odd, dy_t, acc_odd, input_precision="ieee")
         if PACKED:  # as in the forward: the dots are wgmmas reading the codes from registers
@@ -369,3 +300,10 @@ def _mxfp4_wx_transposed_kernel(
     dx_ok = (byte[:, None] < K_BYTES) & row_ok[None, :]
     tl.store(dx_ptr, acc_even.to(DX.dtype.element_ty), mask=dx_ok)
     tl.store(dx_ptr + 1, acc_odd.to(DX.dtype.element_ty), mask=dx_ok)
+
+
+@triton.jit
+def _dy_tile(DY, rows, row_ok, n, N, stride_dym, DOT_DTYPE: tl.constexpr):
+    """dy's [BLOCK_N, BLOCK_M] tile of columns n for the tile's rows, transposed: dX's right operand."""
+    dy = tl.load(DY + rows[:, None] * stride_dym + n[None, :], mask=row_ok[:, None] & (n[None, :] < N), other=0.0)
+    return tl.trans(dy.to(DOT_DTYPE))

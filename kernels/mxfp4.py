@@ -14,7 +14,7 @@ tested against; it materialises full-precision weights, so it never runs in a ho
 
 import torch
 
-from oss_grpo.kernels._mxfp4_matmul import WEIGHT_SHIFT
+from oss_grpo.kernels._e2m1 import WEIGHT_SHIFT
 
 # The 16 e2m1 values in code order: codes 0..7 are +0, .5, 1, 1.5, 2, 3, 4, 6 and codes 8..15 their negatives.
 E2M1_VALUES: tuple[float, ...] = (
@@ -27,7 +27,7 @@ SCALE_BIAS = 127
 # Midpoints between consecutive e2m1 magnitudes: rounding a magnitude = counting the midpoints below it.
 _MIDPOINTS = (0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0)
 MIN_SCALE, MAX_SCALE = 2 + WEIGHT_SHIFT, 128 + WEIGHT_SHIFT
-"""The scales the Triton kernels decode exactly (_mxfp4_matmul.WEIGHT_SHIFT): quantize clamps to them, the loaders
+"""The scales the Triton kernels decode exactly (_e2m1.WEIGHT_SHIFT): quantize clamps to them, the loaders
 refuse a checkpoint with a larger one (`check_scales`). Below MIN_SCALE a weight under 2^-102 may round."""
 
 

@@ -31,6 +31,9 @@ class Tiles(NamedTuple):
     """Forward by tl.dot_scaled (bf16 x only, `native_mx`) instead of the in-register dequantising "wx" kernel."""
     swizzled: bool = False
     """The wx forward reads the codes in `swizzle_k` order (x copied into that order first)."""
+    by_row: bool = False
+    """dX decodes W's rows as the forward does (16-byte loads, one tile in k order) and the dot transposes the decoded
+    tile through shared memory, instead of loading the codes transposed (one-byte loads) for two dots."""
 
 
 # Picked on an H100 by bench/mxfp4_tune.py (gpt-oss-20b gate_up, docs/BENCHMARKS.md), by the mean routed rows per
@@ -87,7 +90,7 @@ def runs_triton(x: torch.Tensor) -> bool:
 
 
 def packed_dequant(x: torch.Tensor) -> bool:
-    """Decode two codes per instruction (PTX bf16x2: _mxfp4_matmul._e2m1_bytes_to_bf16, _e2m1_pairs_to_bf16) and wait
+    """Decode two codes per instruction (PTX bf16x2: _e2m1._e2m1_bytes_to_bf16, _e2m1_pairs_to_bf16) and wait
     for each step's wgmmas (_settled): bf16 on compute capability 9+ (mul.bf16x2 needs it; the interpreter runs PTX
     only in the tests, emulated). Bit for bit the same results as the float32 decoding; on the H100 dX 1.04-1.38x
     faster (session 10), the forward 1.03-1.13x with the codes in k order (session 17; docs/BENCHMARKS.md)."""
@@ -235,7 +238,8 @@ def mxfp4_matmul_transposed(
         dy, dx, w, scales, groups.offsets, groups.num_experts,
         n, k // 2,
         dy.stride(0), dx.stride(0), w.stride(0), w.stride(1), scales.stride(0), scales.stride(1), *lora_args,
-        DOT_DTYPE=dot_dtype(dy), PACKED=packed_dequant(dy), E_PAD=groups.padded_experts, **lora_constants,
+        DOT_DTYPE=dot_dtype(dy), PACKED=packed_dequant(dy), BY_ROW=tiles.by_row, E_PAD=groups.padded_experts,
+        **lora_constants,
         BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, BLOCK_K=tiles.block_k,
         num_warps=tiles.num_warps, num_stages=tiles.num_stages,
     )  # fmt: skip

@@ -7,28 +7,16 @@ for every log-prob, equals the full-logits computation in values and gradients. 
 and 8-bit AdamW shrink what they should. decode_speed's parts report on the same model.
 """
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
-from types import ModuleType, SimpleNamespace
+from types import SimpleNamespace
 
 import torch
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _bench(name: str) -> ModuleType:
-    """bench/NAME.py as module NAME, which is how the benches import each other (they run from bench/)."""
-    spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
-    module = sys.modules[name] = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
+from benches import bench
 
 bench_model, full_step, decode_speed, random_checkpoint = (
-    _bench(name) for name in ("bench_model", "full_step", "decode_speed", "random_checkpoint"))
+    bench(name) for name in ("bench_model", "full_step", "decode_speed", "random_checkpoint"))
 
 TINY = bench_model.SHAPES["tiny"]
 SETTINGS = bench_model.Settings(**bench_model.DEFAULTS["tiny"])

@@ -8,7 +8,6 @@ here and count such writes in the main loop (bench/sass_loop.py `register_races`
 Triton 3.6 compiled, recorded in tests/sass/: the one that gave infinities, and the same tile with the wait.
 """
 
-import importlib.util
 import os
 import re
 import subprocess
@@ -16,19 +15,18 @@ import sys
 from pathlib import Path
 
 import pytest
+from benches import bench
 
 from oss_grpo.kernels.mxfp4_matmul import FORWARD_TILES, TRANSPOSED_TILES, Tiles
 
 REPO = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("sass_loop", REPO / "bench" / "sass_loop.py")
-sass_loop = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(sass_loop)
+sass_loop = bench("sass_loop")
 
 WGMMA_TILES = [("_mxfp4_wx_kernel", tiles) for _, tiles in FORWARD_TILES if tiles.num_warps >= 4] + [
     ("_mxfp4_wx_transposed_kernel", tiles) for _, tiles in TRANSPOSED_TILES if tiles.num_warps >= 4
-]
+] + [("_mxfp4_wx_transposed_kernel", tiles._replace(by_row=True)) for _, tiles in TRANSPOSED_TILES[1:]]
 """Tiles of four warps or more: their dots are wgmmas (two-warp tiles run mma.sync, which reads its operands as it
-issues)."""
+issues). dX's tiles also decoding by row (Tiles.by_row), bench/mxfp4_tune.py's candidates."""
 
 
 def compiled_loop_races(kernel: str, tiles: Tiles) -> list[int]:
@@ -37,8 +35,8 @@ def compiled_loop_races(kernel: str, tiles: Tiles) -> list[int]:
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     tile = ",".join(str(v) for v in (tiles.block_m, tiles.block_n, tiles.block_k, tiles.num_warps, tiles.num_stages))
     command = [sys.executable, str(REPO / "bench" / "sass_loop.py"), kernel, tile]
-    out = subprocess.run(command + ["--swizzled"] * tiles.swizzled, env=env, capture_output=True, text=True,
-                         check=True).stdout  # fmt: skip
+    out = subprocess.run(command + ["--swizzled"] * tiles.swizzled + ["--by-row"] * tiles.by_row, env=env,
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
     return [int(n) for n in re.findall(r"'register races': (\d+)", out)]
 
 
@@ -46,7 +44,8 @@ def test_every_one_warpgroup_tile_is_covered() -> None:
     assert {kernel for kernel, _ in WGMMA_TILES} == {"_mxfp4_wx_kernel", "_mxfp4_wx_transposed_kernel"}
 
 
-@pytest.mark.parametrize("kernel, tiles", WGMMA_TILES, ids=[f"{k}-{t.block_m}x{t.block_n}" for k, t in WGMMA_TILES])
+@pytest.mark.parametrize("kernel, tiles", WGMMA_TILES,
+                         ids=[f"{k}-{t.block_m}x{t.block_n}{'-by_row' * t.by_row}" for k, t in WGMMA_TILES])
 def test_no_wgmma_operand_is_rewritten_while_in_flight(kernel: str, tiles: Tiles) -> None:
     races = compiled_loop_races(kernel, tiles)
     assert races and all(n == 0 for n in races), races

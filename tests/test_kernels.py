@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from ptx_emulator import emulate_inline_asm
 from triton.runtime.interpreter import InterpreterBuilder
 
-from oss_grpo.kernels import _mxfp4_matmul
+from oss_grpo.kernels import _e2m1, _mxfp4_matmul
 from oss_grpo.kernels import grouped_matmul as grouped_matmul_module
 from oss_grpo.kernels import mxfp4_matmul as mxfp4_matmul_module
 from oss_grpo.kernels.expert_matmul import ExpertLora, expert_linear, expert_linear_torch
@@ -84,9 +84,9 @@ def test_e2m1_table_is_the_bit_format() -> None:
 def _decode_bytes(Codes, ScaleBits, Even, Odd, SIZE: tl.constexpr, IN_K_ORDER: tl.constexpr):
     i = tl.arange(0, SIZE)
     if IN_K_ORDER:
-        even, odd = _mxfp4_matmul._e2m1_bytes_to_bf16(tl.load(Codes + i), tl.load(ScaleBits + i))
+        even, odd = _e2m1._e2m1_bytes_to_bf16(tl.load(Codes + i), tl.load(ScaleBits + i))
     else:
-        even, odd = _mxfp4_matmul._e2m1_pairs_to_bf16(tl.load(Codes + i), tl.load(ScaleBits + i).to(tl.int16))
+        even, odd = _e2m1._e2m1_pairs_to_bf16(tl.load(Codes + i), tl.load(ScaleBits + i).to(tl.int16))
     tl.store(Even + i, even)
     tl.store(Odd + i, odd)
 
@@ -113,12 +113,12 @@ def test_packed_decoding_is_exact_for_every_byte_and_scale(packed, in_k_order: b
     codes = torch.arange(256, dtype=torch.uint8).repeat(len(window))
     i = torch.arange(codes.numel())
     scales = window[(i + i // 256) % len(window)]  # the r-th copy of byte b gets scale r + b: each byte meets each
-    field = scales + 126 - _mxfp4_matmul.WEIGHT_SHIFT  # the exponent field of the multiplier 2^(s - 1 - WEIGHT_SHIFT)
+    field = scales + 126 - _e2m1.WEIGHT_SHIFT  # the exponent field of the multiplier 2^(s - 1 - WEIGHT_SHIFT)
     bits = (field << 7) | (field << 23) if in_k_order else field << 7  # its bf16 bits, twice or once
     even, odd = (torch.empty(codes.numel(), dtype=torch.bfloat16, device=DEVICE) for _ in range(2))
     _decode_bytes[(1,)](codes.to(DEVICE), bits.int().to(DEVICE), even, odd, SIZE=codes.numel(), IN_K_ORDER=in_k_order)
     weights = dequantize(codes.view(-1, 1, 1).expand(-1, 1, 16), scales.view(-1, 1).to(torch.uint8), torch.float32)
-    expected = (weights[:, :2] * 2.0**-_mxfp4_matmul.WEIGHT_SHIFT).bfloat16()  # exact: a power of two, normal
+    expected = (weights[:, :2] * 2.0**-_e2m1.WEIGHT_SHIFT).bfloat16()  # exact: a power of two, normal
     assert torch.equal(even.cpu(), expected[:, 0]) and torch.equal(odd.cpu(), expected[:, 1])
 
 
@@ -396,6 +396,25 @@ def test_swizzled_forward_gives_the_same_product(monkeypatch, tiles: Tiles, coun
     y = mxfp4_matmul(x, blocks, scales, groups, bias.bfloat16(), lora)
     expected = mxfp4_matmul_torch(x.double(), blocks, scales, groups, bias.bfloat16().double(), as_double(lora))
     assert_close_to(y, expected, torch.bfloat16)
+
+
+@pytest.mark.parametrize("tiles", [Tiles(16, 64, 128, 2, 4, by_row=True), Tiles(64, 64, 128, 4, 3, by_row=True)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, "packed"])
+def test_dx_decoding_by_row_gives_the_same_product(request, monkeypatch, tiles: Tiles, dtype) -> None:
+    """dX with W's rows decoded as the forward decodes them and the tile transposed for the dot (Tiles.by_row),
+    forced for every size: two warps and one warpgroup, K = 2880, an empty expert, N over several steps, LoRA's A
+    product in the epilogue (one dot over k in order where the other dX runs two, even and odd)."""
+    if dtype == "packed":
+        request.getfixturevalue("packed")
+        dtype = torch.bfloat16
+    monkeypatch.setattr(mxfp4_matmul_module, "TRANSPOSED_TILES", ((float("inf"), tiles),))
+    for counts, n, k in (SHAPES[0], SHAPES[2], SHAPES[4]):
+        _, blocks, scales, groups, _ = inputs(counts, n, k, dtype, seed=17)
+        dy = torch.randn(sum(counts), n, generator=torch.Generator().manual_seed(18)).to(dtype).to(DEVICE)
+        lora = lora_product(counts, k, 8, dtype, seed=19)
+        dx = mxfp4_matmul_transposed(dy, blocks, scales, groups, lora)
+        expected = mxfp4_matmul_transposed_torch(dy.double(), blocks, scales, groups, as_double(lora))
+        assert_close_to(dx, expected, dtype)
 
 
 def test_swizzle_k_is_its_own_inverse_and_moves_pairs() -> None:
