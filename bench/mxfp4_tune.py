@@ -37,7 +37,8 @@ N, K, TOP_K = 5760, 2880, 4
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) per kernel: "scaled" = tl.dot_scaled forward, "wx" = forward
 # with the weights dequantised in registers as the left operand (BLOCK_N of W's rows by BLOCK_M routed rows),
 # "wxs" = "wx" with the codes read in swizzled order (mxfp4_matmul.swizzle_k; the time includes copying x into that
-# order), "wxt" = dX the same way as "wx" (BLOCK_N of the reduction by BLOCK_K output columns).
+# order), "wxt" = dX the same way as "wx" (BLOCK_N of the reduction by BLOCK_K output columns), "wxtr" = dX decoding W
+# by rows, "xw" = the forward with the decoded weights as the right operand, from shared memory.
 CONFIGS: dict[str, list[tuple[int, int, int, int, int]]] = {
     "scaled": [(16, 64, 128, 4, 3), (64, 64, 128, 4, 3), (128, 128, 128, 8, 3)],
     "wx": [
@@ -59,6 +60,8 @@ CONFIGS: dict[str, list[tuple[int, int, int, int, int]]] = {
     ],
 }  # fmt: skip
 CONFIGS["wxs"] = CONFIGS["wx"]
+CONFIGS["xw"] = [(128, 128, 64, 8, 4), (128, 256, 64, 8, 3), (256, 64, 64, 8, 3), (256, 128, 32, 8, 3),
+                 (256, 128, 64, 8, 3)]  # the forward with the weights as the right operand (Tiles.weights_right)
 CONFIGS["wxtr"] = CONFIGS["wxt"]  # dX decoding W by rows (Tiles.by_row)
 
 
@@ -87,12 +90,12 @@ def launcher(kind: str, cfg: tuple[int, int, int, int, int], x, dy, w, scales, g
     lora, constants = _lora_args(None, x)
     opts |= dict(HAS_BIAS=False, **constants)
     rest = (x.stride(0), out.stride(0), *strides, 0, *lora)  # x stands in for the bias, stride 0
-    if kind in ("wx", "wxs"):
+    if kind in ("wx", "wxs", "xw"):
         swizzled = kind == "wxs"
         order = swizzle_k if swizzled else lambda x: x
         kernel = jit._mxfp4_wx_kernel
         return lambda: (kernel[grid](order(x), out, w, scales, x, *table, N, K // 2, *rest, SWIZZLED=swizzled,
-                                     **decode, **opts), out)[1]  # fmt: skip
+                                     W_RIGHT=kind == "xw", **decode, **opts), out)[1]  # fmt: skip
     kernel = jit._mxfp4_scaled_kernel
     return lambda: (kernel[grid](x, out, w, scales, x, *table, N, K, *rest, DOT_DTYPE=decode["DOT_DTYPE"], **opts),
                     out)[1]  # fmt: skip

@@ -206,12 +206,14 @@ def _mxfp4_wx_kernel(
     stride_xm, stride_ym, stride_we, stride_wn, stride_se, stride_sn, stride_be,
     XA, LB, R, stride_xam, stride_lbe, stride_lbn, stride_lbr, lora_scale,
     HAS_BIAS: tl.constexpr, HAS_LORA: tl.constexpr, R_PAD: tl.constexpr, DOT_DTYPE: tl.constexpr,
-    PACKED: tl.constexpr, SWIZZLED: tl.constexpr,
+    PACKED: tl.constexpr, SWIZZLED: tl.constexpr, W_RIGHT: tl.constexpr,
     E_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     """y^T = W_e x^T (+ bias, + LoRA's s B_e (x A_e^T)^T): the dequantised weights are the left operand, straight
     from registers into the tensor cores, and a tile can hold as few as 16 rows. SWIZZLED: x's columns come in
-    `swizzle_k` order, and W's codes are read in the same order."""
+    `swizzle_k` order, and W's codes are read in the same order. W_RIGHT: y = x W_e^T, the decoded weights the right
+    operand, which a wgmma reads from shared memory, as it does x: a tile of 256 rows then decodes each weight once
+    for all of them (a candidate, Tiles.weights_right)."""
     expert, rows, row_ok = _tile(Offsets, num_experts, BLOCK_M, E_PAD)
     if expert < 0:
         return
@@ -219,17 +221,20 @@ def _mxfp4_wx_kernel(
     n_ok = n < N
     W += expert * stride_we
     S += expert * stride_se
-    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_M, BLOCK_N) if W_RIGHT else (BLOCK_N, BLOCK_M), dtype=tl.float32)
     for b0 in range(0, K_BYTES, BLOCK_K // 2):
         w = _weight_rows(W, S, n, n_ok, b0, K_BYTES, stride_wn, stride_sn, DOT_DTYPE, BLOCK_N, BLOCK_K, PACKED,
                          SWIZZLED)  # fmt: skip
         ks = 2 * b0 + tl.arange(0, BLOCK_K)
         x = tl.load(X + rows[:, None] * stride_xm + ks[None, :], mask=row_ok[:, None] & (ks[None, :] < 2 * K_BYTES),
-                    other=0.0)  # fmt: skip
-        acc = tl.dot(w, tl.trans(x.to(DOT_DTYPE)), acc, input_precision="ieee")
-        if PACKED:  # compute capability 9+: the dot is a wgmma reading w from registers
-            acc = _settled(acc)
-    acc *= _UNSHIFT
+                    other=0.0).to(DOT_DTYPE)  # fmt: skip
+        if W_RIGHT:  # both operands from shared memory: no register operand in flight to protect
+            acc = tl.dot(x, tl.trans(w), acc, input_precision="ieee")
+        else:
+            acc = tl.dot(w, tl.trans(x), acc, input_precision="ieee")
+            if PACKED:  # compute capability 9+: the dot is a wgmma reading w from registers
+                acc = _settled(acc)
+    acc = tl.trans(acc) * _UNSHIFT if W_RIGHT else acc * _UNSHIFT  # [n, rows], as the epilogue takes it
     if HAS_BIAS:
         acc += tl.load(Bias + expert * stride_be + n, mask=n_ok, other=0.0).to(tl.float32)[:, None]
     if HAS_LORA:

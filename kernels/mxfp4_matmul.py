@@ -31,6 +31,9 @@ class Tiles(NamedTuple):
     """Forward by tl.dot_scaled (bf16 x only, `native_mx`) instead of the in-register dequantising "wx" kernel."""
     swizzled: bool = False
     """The wx forward reads the codes in `swizzle_k` order (x copied into that order first)."""
+    weights_right: bool = False
+    """The wx forward with the decoded weights as the dot's right operand, read from shared memory like x (W_RIGHT):
+    each weight decoded once per tile of rows, however many warpgroups share the tile."""
     by_row: bool = False
     """dX decodes W's rows as the forward does (16-byte loads, one tile in k order) and the dot transposes the decoded
     tile through shared memory, instead of loading the codes transposed (one-byte loads) for two dots."""
@@ -172,7 +175,7 @@ def mxfp4_matmul(
         return y
     jit._mxfp4_wx_kernel[grid](
         x, y, w, scales, *tables, n, k // 2, x.stride(0), y.stride(0), *strides, *lora_args,
-        PACKED=packed_dequant(x), SWIZZLED=tiles.swizzled, **launch,
+        PACKED=packed_dequant(x), SWIZZLED=tiles.swizzled, W_RIGHT=tiles.weights_right, **launch,
     )  # fmt: skip
     return y
 

@@ -398,6 +398,25 @@ def test_swizzled_forward_gives_the_same_product(monkeypatch, tiles: Tiles, coun
     assert_close_to(y, expected, torch.bfloat16)
 
 
+@pytest.mark.parametrize("tiles", [Tiles(64, 64, 64, 4, 3, weights_right=True), Tiles(16, 32, 128, 2, 3,
+                                                                                   weights_right=True)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, "packed"])
+def test_forward_with_the_weights_on_the_right_gives_the_same_product(request, monkeypatch, tiles: Tiles,
+                                                                      dtype) -> None:  # fmt: skip
+    """The forward with the decoded weights as the dot's right operand (Tiles.weights_right), forced for every size:
+    bias and LoRA's B product, K = 2880, an empty expert, several row tiles of one expert."""
+    if dtype == "packed":
+        request.getfixturevalue("packed")
+        dtype = torch.bfloat16
+    monkeypatch.setattr(mxfp4_matmul_module, "FORWARD_TILES", ((float("inf"), tiles),))
+    for counts, n, k in (SHAPES[0], SHAPES[2], SHAPES[4]):
+        x, blocks, scales, groups, bias = inputs(counts, n, k, dtype, seed=20)
+        lora = lora_product(counts, n, 8, dtype, seed=21)
+        y = mxfp4_matmul(x, blocks, scales, groups, bias.to(dtype), lora)
+        expected = mxfp4_matmul_torch(x.double(), blocks, scales, groups, bias.to(dtype).double(), as_double(lora))
+        assert_close_to(y, expected, dtype)
+
+
 @pytest.mark.parametrize("tiles", [Tiles(16, 64, 128, 2, 4, by_row=True), Tiles(64, 64, 128, 4, 3, by_row=True)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, "packed"])
 def test_dx_decoding_by_row_gives_the_same_product(request, monkeypatch, tiles: Tiles, dtype) -> None:
