@@ -23,7 +23,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 ROOT = Path(__file__).resolve().parents[1]
-DIVISIBLE = {"N", "K", "K_BYTES", "K_SPLIT", "num_experts", "stride_xm", "stride_ym", "stride_dym", "stride_dxm",
+DIVISIBLE = {"N", "K", "K_BYTES", "K_SLICE", "num_experts", "stride_xm", "stride_ym", "stride_dym", "stride_dxm",
              "stride_we", "stride_wn", "stride_se", "stride_be"}  # fmt: skip
 """Integer arguments that are multiples of 16 at gpt-oss shapes (stride_sn = K / 32 = 90 is not)."""
 POINTERS = {"X": "*bf16", "Y": "*bf16", "DY": "*bf16", "DX": "*bf16", "Bias": "*bf16", "W": "*u8", "S": "*u8",

@@ -1,7 +1,7 @@
 """Triton kernels for the grouped GEMMs on the experts' dense LoRA factors (grouped_matmul.py has their ops).
 
     _grouped_matmul_kernel   y[r, n] = s sum_k x[r, k] V_e[k, n]        V dense, any strides (x A_e^T, s dy B_e);
-                             with K_SPLIT < K, the sum over one K_SPLIT-long slice per program on the grid's
+                             with K_SLICE < K, the sum over one K_SLICE-long slice per program on the grid's
                              third axis, into that slice's float32 partial sums
     _grouped_outer_kernel    G[e, p, q] = sum_{r in e} a[r, p] b[r, q]  the gradients of LoRA A and B
 
@@ -20,11 +20,11 @@ from oss_grpo.kernels._mxfp4_matmul import _tile
 def _grouped_matmul_kernel(
     X, Y, V, Offsets, num_experts,
     N, K,
-    stride_xm, stride_ym, stride_ve, stride_vk, stride_vn, scale, K_SPLIT, stride_ys,
+    stride_xm, stride_ym, stride_ve, stride_vk, stride_vn, scale, K_SLICE, stride_ys,
     DOT_DTYPE: tl.constexpr, E_PAD: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
-    """y = scale * x V_e, over k in [K_SPLIT * split, K_SPLIT * (split + 1)) into Y + split * stride_ys."""
+    """y = scale * x V_e, over k in [K_SLICE * split, K_SLICE * (split + 1)) into Y + split * stride_ys."""
     expert, rows, row_ok = _tile(Offsets, num_experts, BLOCK_M, E_PAD)
     if expert < 0:
         return
@@ -33,7 +33,7 @@ def _grouped_matmul_kernel(
     split = tl.program_id(2)
     Y += split * stride_ys
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(split * K_SPLIT, tl.minimum(split * K_SPLIT + K_SPLIT, K), BLOCK_K):
+    for k0 in range(split * K_SLICE, tl.minimum(split * K_SLICE + K_SLICE, K), BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
         x = tl.load(X + rows[:, None] * stride_xm + ks[None, :], mask=row_ok[:, None] & (ks[None, :] < K), other=0.0)
         v_ptr = V + expert * stride_ve + ks[:, None] * stride_vk + cols[None, :] * stride_vn

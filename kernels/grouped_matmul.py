@@ -45,6 +45,14 @@ def _matmul_tile(n: int, k: int) -> dict:
     return dict(BLOCK_M=32, BLOCK_N=_side(n, 64), BLOCK_K=128, num_warps=4, num_stages=4)
 
 
+def _k_slice(k: int, block_k: int, programs: int) -> int:
+    """How much of K one program of a `programs`-program launch sums: all of it, or for a long K on a launch of fewer
+    than SPLIT_BELOW_PROGRAMS programs a slice of at least 2 steps, so that about that many programs run."""
+    steps = triton.cdiv(k, block_k)
+    slices = min(steps // 2, triton.cdiv(SPLIT_BELOW_PROGRAMS, programs)) if k > 64 else 1
+    return triton.cdiv(steps, max(slices, 1)) * block_k
+
+
 def grouped_matmul(x: torch.Tensor, v: torch.Tensor, groups: ExpertGroups, scale: float = 1.0) -> torch.Tensor:
     """`x [M, K]` sorted by expert, `v [E, K, N]` -> `scale * x V_e` `[M, N]` in x.dtype (v is rounded to x.dtype as
     the kernel loads it: float32 LoRA factors need no cast kernel of their own)."""
@@ -56,16 +64,14 @@ def grouped_matmul(x: torch.Tensor, v: torch.Tensor, groups: ExpertGroups, scale
     x = x.contiguous()
     tile = _matmul_tile(n, k)
     grid = (triton.cdiv(n, tile["BLOCK_N"]), groups.row_tiles(tile["BLOCK_M"]))
-    steps = triton.cdiv(k, tile["BLOCK_K"])
-    splits = min(steps // 2, triton.cdiv(SPLIT_BELOW_PROGRAMS, grid[0] * grid[1])) if k > 64 else 1
-    k_split = triton.cdiv(steps, max(splits, 1)) * tile["BLOCK_K"]
-    splits = triton.cdiv(k, k_split)
+    k_slice = _k_slice(k, tile["BLOCK_K"], grid[0] * grid[1])
+    splits = triton.cdiv(k, k_slice)
     dtype = x.dtype if splits == 1 else torch.float32
     y = torch.empty(splits, x.shape[0], n, dtype=dtype, device=x.device)
     jit._grouped_matmul_kernel[(*grid, splits)](
         x, y, v, groups.offsets, groups.num_experts,
         n, k,
-        x.stride(0), y.stride(1), v.stride(0), v.stride(1), v.stride(2), scale, k_split, y.stride(0),
+        x.stride(0), y.stride(1), v.stride(0), v.stride(1), v.stride(2), scale, k_slice, y.stride(0),
         DOT_DTYPE=dot_dtype(x), E_PAD=groups.padded_experts, **tile,
     )  # fmt: skip
     return y[0] if splits == 1 else y.sum(0).to(x.dtype)
