@@ -33,10 +33,12 @@ class Tiles(NamedTuple):
     """The wx forward reads the codes in `swizzle_k` order (x copied into that order first)."""
     weights_right: bool = False
     """The wx forward with the decoded weights as the dot's right operand, read from shared memory like x (W_RIGHT):
-    each weight decoded once per tile of rows, however many warpgroups share the tile."""
+    each weight decoded once per tile of rows, however many warpgroups share the tile. In no table until a GPU times it
+    (docs/BENCHMARKS.md, session 19; bench/mxfp4_tune.py's "xw")."""
     by_row: bool = False
     """dX decodes W's rows as the forward does (16-byte loads, one tile in k order) and the dot transposes the decoded
-    tile through shared memory, instead of loading the codes transposed (one-byte loads) for two dots."""
+    tile through shared memory, instead of loading the codes transposed (one-byte loads) for two dots. In no table
+    until a GPU times it (docs/BENCHMARKS.md, session 19; bench/mxfp4_tune.py's "wxtr")."""
 
 
 # Picked on an H100 by bench/mxfp4_tune.py (gpt-oss-20b gate_up, docs/BENCHMARKS.md), by the mean routed rows per
