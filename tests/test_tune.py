@@ -11,6 +11,7 @@ from oss_grpo.kernels.mxfp4_matmul import mxfp4_matmul_torch, mxfp4_matmul_trans
 from oss_grpo.kernels.routing import ExpertGroups
 
 mxfp4_tune = bench("mxfp4_tune")
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # compiled on a GPU, interpreted without one
 
 
 @pytest.mark.parametrize("kind", sorted(mxfp4_tune.CONFIGS))
@@ -20,8 +21,9 @@ def test_every_kind_of_the_sweep_launches_and_computes_the_product(kind: str, mo
     g = torch.Generator().manual_seed(0)
     pairs = [quantize(torch.randn(64, 128, generator=g)) for _ in range(2)]
     blocks, scales = torch.stack([b for b, _ in pairs]), torch.stack([s for _, s in pairs])
-    groups = ExpertGroups.from_counts(torch.tensor([3, 5]), 8)
-    x, dy = torch.randn(8, 128, generator=g).bfloat16(), torch.randn(8, 64, generator=g).bfloat16()
+    blocks, scales = blocks.to(DEVICE), scales.to(DEVICE)
+    groups = ExpertGroups.from_counts(torch.tensor([3, 5], device=DEVICE), 8)
+    x, dy = (torch.randn(8, size, generator=g).bfloat16().to(DEVICE) for size in (128, 64))
     cfg = min(mxfp4_tune.CONFIGS[kind])  # the smallest tile of the kind
     out = mxfp4_tune.launcher(kind, cfg, x, dy, blocks.reshape(2, 64, 64), scales, groups)()
     transposed = kind.startswith("wxt")
