@@ -63,6 +63,8 @@ CONFIGS["wxs"] = CONFIGS["wx"]
 CONFIGS["xw"] = [(128, 128, 64, 8, 4), (128, 256, 64, 8, 3), (256, 64, 64, 8, 3), (256, 128, 32, 8, 3),
                  (256, 128, 64, 8, 3)]  # the forward with the weights as the right operand (Tiles.weights_right)
 CONFIGS["wxtr"] = CONFIGS["wxt"]  # dX decoding W by rows (Tiles.by_row)
+DX_KINDS = ("wxt", "wxtr")
+"""The kinds that compute dX (against the dX reference and bf16's dX); the others compute the forward."""
 
 
 def median_us(fn: Callable[[], object]) -> float:
@@ -78,7 +80,7 @@ def launcher(kind: str, cfg: tuple[int, int, int, int, int], x, dy, w, scales, g
     opts = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, E_PAD=groups.padded_experts, num_warps=warps, num_stages=stages)
     decode = dict(DOT_DTYPE=dot_dtype(x), PACKED=packed_dequant(x))  # as mxfp4_matmul launches the wx kernels
     table = (groups.offsets, groups.num_experts)
-    if kind in ("wxt", "wxtr"):
+    if kind in DX_KINDS:
         out = torch.empty(dy.shape[0], K, dtype=dy.dtype, device=dy.device)
         grid = (triton.cdiv(K, bk), tiles)
         lora, constants = _lora_args(None, dy)
@@ -133,7 +135,7 @@ def main() -> None:
         for kind, configs in CONFIGS.items():
             if args.kinds and kind not in args.kinds.split(","):
                 continue
-            pass_ = "dX" if kind == "wxt" else "forward"
+            pass_ = "dX" if kind in DX_KINDS else "forward"
             for cfg in (c for c in configs if not only or c in only):
                 name = f"M={m:6d} {kind:10s} {cfg}"
                 try:
