@@ -49,9 +49,9 @@ import json
 import time
 import warnings
 from collections.abc import Iterator
-from types import SimpleNamespace
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from torch.autograd import DeviceType

@@ -104,6 +104,15 @@ def packed(monkeypatch) -> None:
     monkeypatch.setattr(mxfp4_matmul_module, "packed_dequant", lambda x: x.dtype == torch.bfloat16)
 
 
+def decoding(request, dtype: torch.dtype | str) -> torch.dtype:
+    """A dtype parameter of the kernel tests: torch.float32 or torch.bfloat16 as they are, or "packed": bf16 through
+    the PTX decoders (the `packed` fixture)."""
+    if dtype != "packed":
+        return dtype
+    request.getfixturevalue("packed")
+    return torch.bfloat16
+
+
 @pytest.mark.parametrize("in_k_order", [True, False], ids=["bytes_to_bf16", "pairs_to_bf16"])
 def test_packed_decoding_is_exact_for_every_byte_and_scale(packed, in_k_order: bool) -> None:
     """Both PTX decoders against dequantize times 2^-WEIGHT_SHIFT, bit for bit: all 256 bytes (every pair of codes)
@@ -366,9 +375,7 @@ def test_both_ends_of_the_scale_window_decode_exactly(request, scale: int, dtype
     multiply of the decoders and the sums scaled back by 2^WEIGHT_SHIFT neither flush nor overflow. |x| in [1, 2):
     products stay normal floats too, as the tensor cores may flush below (only far smaller weights ever meet that).
     "packed": bf16 through the PTX decoders."""
-    if dtype == "packed":
-        request.getfixturevalue("packed")
-        dtype = torch.bfloat16
+    dtype = decoding(request, dtype)
     counts, n, k = [3, 0, 20], 40, 96
     blocks, _ = random_mxfp4((len(counts), n, k), seed=6)
     scales = torch.full((len(counts), n, k // 32), scale, dtype=torch.uint8)
@@ -405,9 +412,7 @@ def test_forward_with_the_weights_on_the_right_gives_the_same_product(request, m
                                                                       dtype) -> None:  # fmt: skip
     """The forward with the decoded weights as the dot's right operand (Tiles.weights_right), forced for every size:
     bias and LoRA's B product, K = 2880, an empty expert, several row tiles of one expert."""
-    if dtype == "packed":
-        request.getfixturevalue("packed")
-        dtype = torch.bfloat16
+    dtype = decoding(request, dtype)
     monkeypatch.setattr(mxfp4_matmul_module, "FORWARD_TILES", ((float("inf"), tiles),))
     for counts, n, k in (SHAPES[0], SHAPES[2], SHAPES[4]):
         x, blocks, scales, groups, bias = inputs(counts, n, k, dtype, seed=20)
@@ -423,9 +428,7 @@ def test_dx_decoding_by_row_gives_the_same_product(request, monkeypatch, tiles: 
     """dX with W's rows decoded as the forward decodes them and the tile transposed for the dot (Tiles.by_row),
     forced for every size: two warps and one warpgroup, K = 2880, an empty expert, N over several steps, LoRA's A
     product in the epilogue (one dot over k in order where the other dX runs two, even and odd)."""
-    if dtype == "packed":
-        request.getfixturevalue("packed")
-        dtype = torch.bfloat16
+    dtype = decoding(request, dtype)
     monkeypatch.setattr(mxfp4_matmul_module, "TRANSPOSED_TILES", ((float("inf"), tiles),))
     for counts, n, k in (SHAPES[0], SHAPES[2], SHAPES[4]):
         _, blocks, scales, groups, _ = inputs(counts, n, k, dtype, seed=17)
