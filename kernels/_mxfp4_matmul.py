@@ -234,7 +234,9 @@ def _mxfp4_wx_kernel(
             acc = tl.dot(w, tl.trans(x), acc, input_precision="ieee")
             if PACKED:  # compute capability 9+: the dot is a wgmma reading w from registers
                 acc = _settled(acc)
-    acc = tl.trans(acc) * _UNSHIFT if W_RIGHT else acc * _UNSHIFT  # [n, rows], as the epilogue takes it
+    if W_RIGHT:
+        acc = tl.trans(acc)  # [n, rows], as the epilogue takes it
+    acc *= _UNSHIFT
     if HAS_BIAS:
         acc += tl.load(Bias + expert * stride_be + n, mask=n_ok, other=0.0).to(tl.float32)[:, None]
     if HAS_LORA:
