@@ -37,8 +37,7 @@ N, K, TOP_K = 5760, 2880, 4
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) per kernel: "scaled" = tl.dot_scaled forward, "wx" = forward
 # with the weights dequantised in registers as the left operand (BLOCK_N of W's rows by BLOCK_M routed rows),
 # "wxs" = "wx" with the codes read in swizzled order (mxfp4_matmul.swizzle_k; the time includes copying x into that
-# order), "wxt" = dX the same way as "wx" (BLOCK_N of the reduction by BLOCK_K output columns), "wxtr" = dX decoding W
-# by rows, "xw" = the forward with the decoded weights as the right operand, from shared memory.
+# order), "wxt" = dX the same way as "wx" (BLOCK_N of the reduction by BLOCK_K output columns), "xw" = the forward with the decoded weights as the right operand, from shared memory.
 CONFIGS: dict[str, list[tuple[int, int, int, int, int]]] = {
     "scaled": [(16, 64, 128, 4, 3), (64, 64, 128, 4, 3), (128, 128, 128, 8, 3)],
     "wx": [
@@ -62,9 +61,6 @@ CONFIGS: dict[str, list[tuple[int, int, int, int, int]]] = {
 CONFIGS["wxs"] = CONFIGS["wx"]
 CONFIGS["xw"] = [(128, 128, 64, 8, 4), (128, 256, 64, 8, 3), (256, 64, 64, 8, 3), (256, 128, 32, 8, 3),
                  (256, 128, 64, 8, 3)]  # the forward with the weights as the right operand (Tiles.weights_right)
-CONFIGS["wxtr"] = CONFIGS["wxt"]  # dX decoding W by rows (Tiles.by_row)
-DX_KINDS = ("wxt", "wxtr")
-"""The kinds that compute dX (against the dX reference and bf16's dX); the others compute the forward."""
 
 
 def median_us(fn: Callable[[], object]) -> float:
@@ -80,13 +76,13 @@ def launcher(kind: str, cfg: tuple[int, int, int, int, int], x, dy, w, scales, g
     opts = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, E_PAD=groups.padded_experts, num_warps=warps, num_stages=stages)
     decode = dict(DOT_DTYPE=dot_dtype(x), PACKED=packed_dequant(x))  # as mxfp4_matmul launches the wx kernels
     table = (groups.offsets, groups.num_experts)
-    if kind in DX_KINDS:
+    if kind == "wxt":
         out = torch.empty(dy.shape[0], K, dtype=dy.dtype, device=dy.device)
         grid = (triton.cdiv(K, bk), tiles)
         lora, constants = _lora_args(None, dy)
         args = (dy, out, w, scales, *table, N, K // 2, dy.stride(0), out.stride(0), *strides, *lora)
         kernel = jit._mxfp4_wx_transposed_kernel
-        return lambda: (kernel[grid](*args, BY_ROW=kind == "wxtr", **constants, **decode, **opts), out)[1]
+        return lambda: (kernel[grid](*args, **constants, **decode, **opts), out)[1]
     out = torch.empty(x.shape[0], N, dtype=x.dtype, device=x.device)
     grid = (triton.cdiv(N, bn), tiles)
     lora, constants = _lora_args(None, x)
@@ -135,7 +131,7 @@ def main() -> None:
         for kind, configs in CONFIGS.items():
             if args.kinds and kind not in args.kinds.split(","):
                 continue
-            pass_ = "dX" if kind in DX_KINDS else "forward"
+            pass_ = "dX" if kind == "wxt" else "forward"
             for cfg in (c for c in configs if not only or c in only):
                 name = f"M={m:6d} {kind:10s} {cfg}"
                 try:

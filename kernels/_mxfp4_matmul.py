@@ -24,9 +24,9 @@ become the dot's N dimension, which may be as small as 16, so an expert with few
 even and an odd code. The forward decodes them into one register in k order, so one dot per step covers BLOCK_K and x is
 read as it is (SWIZZLED: W's bytes of each 16 in another order, x copied into the same by mxfp4_matmul.swizzle_k). dX
 runs two dots, the even and the odd codes, into two accumulators that are different outputs (its even and odd columns,
-stored apart): measured faster there than one interleaved dot. BY_ROW (Tiles.by_row, a candidate not yet timed) has dX
-decode W's rows as the forward does and transpose the decoded tile for one dot: 21-35% fewer sm_90 instructions a step
-than loading the codes transposed, where one-byte loads and packing them take most of the loop.
+stored apart): measured faster there than one interleaved dot, and faster than decoding W's rows as the forward does
+and transposing the tile for one dot (16-byte loads, 21-35% fewer sm_90 instructions a step, yet 1.5x slower on the
+H100 below 64 rows per expert and within 2% above: docs/BENCHMARKS.md, session 20).
 
 A wgmma reads its register operand after it issues, and Triton 3.6 leaves a step's wgmmas in flight across the loop's
 back edge, where ptxas may already write the next step's decoded codes into those registers: NaN in the 20b trainer
@@ -152,8 +152,8 @@ def _weight_tile(W, S, n, n_ok, b0, K_BYTES, stride_wn, stride_sn, DOT_DTYPE: tl
                  SWIZZLED: tl.constexpr):  # fmt: skip
     """Rows n of W_e, bytes b0 .. b0 + BLOCK_BYTES, dequantised: (even k, odd k), each [BLOCK_N, BLOCK_BYTES], or
     [BLOCK_BYTES, BLOCK_N] when TRANSPOSED, loaded that way (dX: 1.3-1.5x faster than transposing in registers, which
-    goes through shared memory, when both decoded in float32, 2026-12-06; `_weight_rows` and BY_ROW are that again
-    with the packed decoders). The scales, one byte per 16 bytes of codes, are loaded and turned into the decoders'
+    goes through shared memory, when both decoded in float32, 2026-12-06; with the packed decoders 1.5x at 16 rows
+    per expert, session 20). The scales, one byte per 16 bytes of codes, are loaded and turned into the decoders'
     multiplier once, then broadcast; the values come out times 2^-WEIGHT_SHIFT. SWIZZLED (forward only): the bytes of
     each 16 taken in `swizzle_k` order, tile column 4a + b holding byte 4b + a, a reshape that lets each thread load its
     4 bytes at once."""
@@ -193,7 +193,7 @@ def _weight_tile(W, S, n, n_ok, b0, K_BYTES, stride_wn, stride_sn, DOT_DTYPE: tl
 def _weight_rows(W, S, n, n_ok, b0, K_BYTES, stride_wn, stride_sn, DOT_DTYPE: tl.constexpr, BLOCK_N: tl.constexpr,
                  BLOCK_K: tl.constexpr, PACKED: tl.constexpr, SWIZZLED: tl.constexpr):  # fmt: skip
     """Rows n of W_e, codes 2 b0 .. 2 b0 + BLOCK_K, dequantised into one [BLOCK_N, BLOCK_K] tile in k order (byte j's
-    low nibble, then its high): the forward's left operand, and dX's once transposed (BY_ROW)."""
+    low nibble, then its high): the forward's operand."""
     w_even, w_odd = _weight_tile(W, S, n, n_ok, b0, K_BYTES, stride_wn, stride_sn, DOT_DTYPE, BLOCK_N, BLOCK_K // 2,
                                  TRANSPOSED=False, PACKED=PACKED, SWIZZLED=SWIZZLED)  # fmt: skip
     return tl.reshape(tl.join(w_even, w_odd), (BLOCK_N, BLOCK_K))
@@ -252,37 +252,18 @@ def _mxfp4_wx_transposed_kernel(
     N, K_BYTES,
     stride_dym, stride_dxm, stride_we, stride_wn, stride_se, stride_sn,
     XA, LB, R, stride_xam, stride_lbe, stride_lbn, stride_lbr, lora_scale,
-    HAS_LORA: tl.constexpr, R_PAD: tl.constexpr, DOT_DTYPE: tl.constexpr, PACKED: tl.constexpr, BY_ROW: tl.constexpr,
+    HAS_LORA: tl.constexpr, R_PAD: tl.constexpr, DOT_DTYPE: tl.constexpr, PACKED: tl.constexpr,
     E_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     """dx^T = W_e^T dy^T (+ LoRA's (s dy B_e) A_e) for BLOCK_K output columns: the dequantised weights, transposed,
-    are the left operand. BY_ROW: W's rows are decoded as the forward decodes them (16-byte loads, one tile in k
-    order) and the dot transposes the tile through shared memory (ldmatrix.trans); otherwise the codes are loaded
-    transposed (one-byte loads) and the even and odd columns are two dots into two accumulators."""
+    are the left operand, loaded transposed (one-byte loads); the even and odd columns are two dots into two
+    accumulators."""
     expert, rows, row_ok = _tile(Offsets, num_experts, BLOCK_M, E_PAD)
     if expert < 0:
         return
     b0 = tl.program_id(0) * (BLOCK_K // 2)
     W += expert * stride_we
     S += expert * stride_se
-    if BY_ROW:
-        acc = tl.zeros((BLOCK_K, BLOCK_M), dtype=tl.float32)
-        for n0 in range(0, N, BLOCK_N):
-            n = n0 + tl.arange(0, BLOCK_N)
-            w = _weight_rows(W, S, n, n < N, b0, K_BYTES, stride_wn, stride_sn, DOT_DTYPE, BLOCK_N, BLOCK_K, PACKED,
-                             SWIZZLED=False)  # fmt: skip
-            acc = tl.dot(tl.trans(w), _dy_tile(DY, rows, row_ok, n, N, stride_dym, DOT_DTYPE), acc,
-                         input_precision="ieee")  # fmt: skip
-            if PACKED:  # as in the forward: the dot is a wgmma reading the transposed tile from registers
-                acc = _settled(acc)
-        acc *= _UNSHIFT
-        ks = 2 * b0 + tl.arange(0, BLOCK_K)
-        if HAS_LORA:  # LB = A_e^T [K, R]
-            acc = _add_lora_b(acc, XA, LB, expert, rows, row_ok, ks, ks < 2 * K_BYTES, R, stride_xam, stride_lbe,
-                              stride_lbn, stride_lbr, lora_scale, DOT_DTYPE, R_PAD, ROWS_FIRST=False)  # fmt: skip
-        tl.store(DX + rows[None, :] * stride_dxm + ks[:, None], acc.to(DX.dtype.element_ty),
-                 mask=(ks[:, None] < 2 * K_BYTES) & row_ok[None, :])  # fmt: skip
-        return
     acc_even = tl.zeros((BLOCK_K // 2, BLOCK_M), dtype=tl.float32)
     acc_odd = tl.zeros((BLOCK_K // 2, BLOCK_M), dtype=tl.float32)
     for n0 in range(0, N, BLOCK_N):
@@ -290,7 +271,8 @@ def _mxfp4_wx_transposed_kernel(
         w_even, w_odd = _weight_tile(W, S, n, n < N, b0, K_BYTES, stride_wn, stride_sn,
                                      DOT_DTYPE, BLOCK_N, BLOCK_K // 2, TRANSPOSED=True, PACKED=PACKED,
                                      SWIZZLED=False)  # fmt: skip
-        dy_t = _dy_tile(DY, rows, row_ok, n, N, stride_dym, DOT_DTYPE)
+        dy = tl.load(DY + rows[:, None] * stride_dym + n[None, :], mask=row_ok[:, None] & (n[None, :] < N), other=0.0)
+        dy_t = tl.trans(dy.to(DOT_DTYPE))
         acc_even = tl.dot(w_even, dy_t, acc_even, input_precision="ieee")
         acc_odd = tl.dot(w_odd, dy_t, acc_odd, input_precision="ieee")
         if PACKED:  # as in the forward: the dots are wgmmas reading the codes from registers
@@ -307,10 +289,3 @@ def _mxfp4_wx_transposed_kernel(
     dx_ok = (byte[:, None] < K_BYTES) & row_ok[None, :]
     tl.store(dx_ptr, acc_even.to(DX.dtype.element_ty), mask=dx_ok)
     tl.store(dx_ptr + 1, acc_odd.to(DX.dtype.element_ty), mask=dx_ok)
-
-
-@triton.jit
-def _dy_tile(DY, rows, row_ok, n, N, stride_dym, DOT_DTYPE: tl.constexpr):
-    """dy's [BLOCK_N, BLOCK_M] tile of columns n for the tile's rows, transposed: dX's right operand."""
-    dy = tl.load(DY + rows[:, None] * stride_dym + n[None, :], mask=row_ok[:, None] & (n[None, :] < N), other=0.0)
-    return tl.trans(dy.to(DOT_DTYPE))

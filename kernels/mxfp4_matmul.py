@@ -35,10 +35,6 @@ class Tiles(NamedTuple):
     """The wx forward with the decoded weights as the dot's right operand, read from shared memory like x (W_RIGHT):
     each weight decoded once per tile of rows, however many warpgroups share the tile. In no table until a GPU times it
     (docs/BENCHMARKS.md, session 19; bench/mxfp4_tune.py's "xw")."""
-    by_row: bool = False
-    """dX decodes W's rows as the forward does (16-byte loads, one tile in k order) and the dot transposes the decoded
-    tile through shared memory, instead of loading the codes transposed (one-byte loads) for two dots. In no table
-    until a GPU times it (docs/BENCHMARKS.md, session 19; bench/mxfp4_tune.py's "wxtr")."""
 
 
 # Picked on an H100 by bench/mxfp4_tune.py (gpt-oss-20b gate_up, docs/BENCHMARKS.md), by the mean routed rows per
@@ -243,7 +239,7 @@ def mxfp4_matmul_transposed(
         dy, dx, w, scales, groups.offsets, groups.num_experts,
         n, k // 2,
         dy.stride(0), dx.stride(0), w.stride(0), w.stride(1), scales.stride(0), scales.stride(1), *lora_args,
-        DOT_DTYPE=dot_dtype(dy), PACKED=packed_dequant(dy), BY_ROW=tiles.by_row, E_PAD=groups.padded_experts,
+        DOT_DTYPE=dot_dtype(dy), PACKED=packed_dequant(dy), E_PAD=groups.padded_experts,
         **lora_constants,
         BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, BLOCK_K=tiles.block_k,
         num_warps=tiles.num_warps, num_stages=tiles.num_stages,

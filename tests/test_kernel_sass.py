@@ -24,12 +24,9 @@ sass_loop = bench("sass_loop")
 
 WGMMA_TILES = [("_mxfp4_wx_kernel", tiles) for _, tiles in FORWARD_TILES if tiles.num_warps >= 4] + [
     ("_mxfp4_wx_transposed_kernel", tiles) for _, tiles in TRANSPOSED_TILES if tiles.num_warps >= 4
-] + [("_mxfp4_wx_transposed_kernel", tiles._replace(by_row=True)) for _, tiles in TRANSPOSED_TILES[1:]] + [
-    ("_mxfp4_wx_kernel", Tiles(256, 128, 64, 8, 3, weights_right=True))
-]
+] + [("_mxfp4_wx_kernel", Tiles(256, 128, 64, 8, 3, weights_right=True))]
 """Tiles of four warps or more: their dots are wgmmas (two-warp tiles run mma.sync, which reads its operands as it
-issues). Also bench/mxfp4_tune.py's candidates: dX's tiles decoding by row (Tiles.by_row), and the forward with the
-weights on the right (Tiles.weights_right)."""
+issues). Also bench/mxfp4_tune.py's candidate, the forward with the weights on the right (Tiles.weights_right)."""
 
 
 def compiled_loop_races(kernel: str, tiles: Tiles) -> list[int]:
@@ -38,7 +35,7 @@ def compiled_loop_races(kernel: str, tiles: Tiles) -> list[int]:
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     tile = ",".join(str(v) for v in (tiles.block_m, tiles.block_n, tiles.block_k, tiles.num_warps, tiles.num_stages))
     command = [sys.executable, str(REPO / "bench" / "sass_loop.py"), kernel, tile]
-    flags = ["--swizzled"] * tiles.swizzled + ["--by-row"] * tiles.by_row + ["--weights-right"] * tiles.weights_right
+    flags = ["--swizzled"] * tiles.swizzled + ["--weights-right"] * tiles.weights_right
     out = subprocess.run(command + flags, env=env, capture_output=True, text=True, check=True).stdout
     return [int(n) for n in re.findall(r"'register races': (\d+)", out)]
 
@@ -48,7 +45,7 @@ def test_every_one_warpgroup_tile_is_covered() -> None:
 
 
 @pytest.mark.parametrize("kernel, tiles", WGMMA_TILES,
-                         ids=[f"{k}-{t.block_m}x{t.block_n}{'-by_row' * t.by_row}{'-right' * t.weights_right}"
+                         ids=[f"{k}-{t.block_m}x{t.block_n}{'-right' * t.weights_right}"
                               for k, t in WGMMA_TILES])
 def test_no_wgmma_operand_is_rewritten_while_in_flight(kernel: str, tiles: Tiles) -> None:
     races = compiled_loop_races(kernel, tiles)

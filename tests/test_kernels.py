@@ -422,23 +422,6 @@ def test_forward_with_the_weights_on_the_right_gives_the_same_product(request, m
         assert_close_to(y, expected, dtype)
 
 
-@pytest.mark.parametrize("tiles", [Tiles(16, 64, 128, 2, 4, by_row=True), Tiles(64, 64, 128, 4, 3, by_row=True)])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, "packed"])
-def test_dx_decoding_by_row_gives_the_same_product(request, monkeypatch, tiles: Tiles, dtype) -> None:
-    """dX with W's rows decoded as the forward decodes them and the tile transposed for the dot (Tiles.by_row),
-    forced for every size: two warps and one warpgroup, K = 2880, an empty expert, N over several steps, LoRA's A
-    product in the epilogue (one dot over k in order where the other dX runs two, even and odd)."""
-    dtype = decoding(request, dtype)
-    monkeypatch.setattr(mxfp4_matmul_module, "TRANSPOSED_TILES", ((float("inf"), tiles),))
-    for counts, n, k in (SHAPES[0], SHAPES[2], SHAPES[4]):
-        _, blocks, scales, groups, _ = inputs(counts, n, k, dtype, seed=17)
-        dy = torch.randn(sum(counts), n, generator=torch.Generator().manual_seed(18)).to(dtype).to(DEVICE)
-        lora = lora_product(counts, k, 8, dtype, seed=19)
-        dx = mxfp4_matmul_transposed(dy, blocks, scales, groups, lora)
-        expected = mxfp4_matmul_transposed_torch(dy.double(), blocks, scales, groups, as_double(lora))
-        assert_close_to(dx, expected, dtype)
-
-
 def test_swizzle_k_is_its_own_inverse_and_moves_pairs() -> None:
     """Column pair 4a + b of each 32 comes from pair 4b + a: the order the swizzled kernels assume."""
     x = torch.arange(2 * 64).reshape(2, 64)
