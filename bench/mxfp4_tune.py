@@ -37,12 +37,11 @@ N, K, TOP_K = 5760, 2880, 4
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) per kernel: "scaled" = tl.dot_scaled forward, "wx" = forward
 # with the weights dequantised in registers as the left operand (BLOCK_N of W's rows by BLOCK_M routed rows),
 # "wxs" = "wx" with the codes read in swizzled order (mxfp4_matmul.swizzle_k; the time includes copying x into that
-# order), "wxt" = dX the same way as "wx" (BLOCK_N of the reduction by BLOCK_K output columns), "xw" = the forward with the decoded weights as the right operand, from shared memory.
+# order), "wxt" = dX the same way as "wx" (BLOCK_N of the reduction by BLOCK_K output columns), "xw" = the forward
+# with the decoded weights as the right operand, from shared memory.
 CONFIGS: dict[str, list[tuple[int, int, int, int, int]]] = {
     "scaled": [(16, 64, 128, 4, 3), (64, 64, 128, 4, 3), (128, 128, 128, 8, 3)],
     "wx": [
-        (8, 16, 128, 1, 3), (8, 32, 128, 1, 3), (8, 32, 128, 2, 3), (8, 32, 128, 2, 4), (8, 64, 128, 2, 3),
-        (8, 64, 128, 4, 3),
         (16, 32, 64, 2, 4), (16, 32, 128, 2, 3), (16, 32, 128, 2, 4), (16, 32, 128, 4, 4), (16, 64, 64, 4, 4),
         (16, 64, 64, 4, 6), (16, 64, 128, 2, 4), (16, 64, 128, 4, 4), (16, 64, 128, 4, 6), (16, 128, 128, 4, 4),
         (16, 128, 256, 4, 3), (32, 32, 128, 2, 4), (32, 64, 128, 2, 4), (32, 128, 128, 4, 4), (64, 64, 128, 2, 3),
@@ -51,7 +50,6 @@ CONFIGS: dict[str, list[tuple[int, int, int, int, int]]] = {
         (256, 128, 64, 8, 3),
     ],
     "wxt": [
-        (8, 32, 128, 2, 4), (8, 64, 128, 2, 4), (8, 64, 128, 4, 3),
         (16, 32, 128, 2, 4), (16, 64, 128, 2, 4), (16, 64, 128, 4, 4), (16, 128, 128, 4, 4), (32, 32, 128, 2, 4),
         (32, 64, 128, 2, 4), (32, 64, 128, 4, 4), (64, 32, 128, 2, 3), (64, 64, 128, 4, 3), (64, 128, 128, 8, 3),
         (128, 64, 128, 4, 3), (128, 64, 128, 8, 3), (128, 128, 64, 8, 3), (128, 128, 128, 8, 3), (128, 64, 256, 8, 3),
