@@ -212,8 +212,7 @@ def _mxfp4_wx_kernel(
     """y^T = W_e x^T (+ bias, + LoRA's s B_e (x A_e^T)^T): the dequantised weights are the left operand, straight
     from registers into the tensor cores, and a tile can hold as few as 16 rows. SWIZZLED: x's columns come in
     `swizzle_k` order, and W's codes are read in the same order. W_RIGHT: y = x W_e^T, the decoded weights the right
-    operand, which a wgmma reads from shared memory, as it does x: a tile of 256 rows then decodes each weight once
-    for all of them (a candidate, Tiles.weights_right)."""
+    operand, which a wgmma reads from shared memory, as it does x: x needs no swizzled copy (Tiles.weights_right)."""
     expert, rows, row_ok = _tile(Offsets, num_experts, BLOCK_M, E_PAD)
     if expert < 0:
         return

@@ -33,8 +33,7 @@ class Tiles(NamedTuple):
     """The wx forward reads the codes in `swizzle_k` order (x copied into that order first)."""
     weights_right: bool = False
     """The wx forward with the decoded weights as the dot's right operand, read from shared memory like x (W_RIGHT):
-    each weight decoded once per tile of rows, however many warpgroups share the tile. In no table until a GPU times it
-    (docs/BENCHMARKS.md, session 19; bench/mxfp4_tune.py's "xw")."""
+    x is read as it is, so it needs no swizzled copy."""
 
 
 # Picked on an H100 by bench/mxfp4_tune.py (gpt-oss-20b gate_up, docs/BENCHMARKS.md), by the mean routed rows per
@@ -45,16 +44,19 @@ class Tiles(NamedTuple):
 # rows per expert, eight warps reading the codes in swizzled order (`swizzle_k`): 1.07-1.19x faster than the best
 # unswizzled tile at 32 to 512 rows per expert (session 12); swizzled two-warp tiles lose (one-byte loads come back).
 # At 16 rows per expert two warps still won (236 against 268 us) and at 32 lost (327 against 276): the bound between
-# them, 24, is the midpoint, not measured.
+# them, 24, is the midpoint, not measured. From 64 rows per expert the weights on the right (`Tiles.weights_right`),
+# which read x unswizzled: as fast at 128 rows per expert and 1.07x faster at 512, where swizzling x copies 94 MB
+# (session 20). dX (reduce over N): two warps below 16 rows per expert; at 128 rows per expert the 64-row tile beat
+# the 128-row one by 1.12x (583.5 against 653.7 us, session 20), at 512 lost by 1.06x: the bound, 256, is between.
 FORWARD_TILES = (
     (16, Tiles(16, 32, 128, 2, 3)),
     (24, Tiles(32, 64, 128, 2, 4)),
     (64, Tiles(64, 128, 128, 8, 4, swizzled=True)),
-    (float("inf"), Tiles(128, 128, 64, 8, 4, swizzled=True)),
+    (float("inf"), Tiles(128, 128, 64, 8, 4, weights_right=True)),
 )
 TRANSPOSED_TILES = (
     (16, Tiles(16, 64, 128, 2, 4)),
-    (64, Tiles(64, 64, 128, 4, 3)),
+    (256, Tiles(64, 64, 128, 4, 3)),
     (float("inf"), Tiles(128, 64, 128, 4, 3)),
 )
 NATIVE_MX_TILES = Tiles(128, 128, 128, 8, 3, scaled=True)

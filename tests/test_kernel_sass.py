@@ -24,9 +24,9 @@ sass_loop = bench("sass_loop")
 
 WGMMA_TILES = [("_mxfp4_wx_kernel", tiles) for _, tiles in FORWARD_TILES if tiles.num_warps >= 4] + [
     ("_mxfp4_wx_transposed_kernel", tiles) for _, tiles in TRANSPOSED_TILES if tiles.num_warps >= 4
-] + [("_mxfp4_wx_kernel", Tiles(256, 128, 64, 8, 3, weights_right=True))]
+]
 """Tiles of four warps or more: their dots are wgmmas (two-warp tiles run mma.sync, which reads its operands as it
-issues). Also bench/mxfp4_tune.py's candidate, the forward with the weights on the right (Tiles.weights_right)."""
+issues)."""
 
 
 def compiled_loop_races(kernel: str, tiles: Tiles) -> list[int]:
