@@ -1,6 +1,7 @@
 """Sweep tile shapes of the MXFP4 expert kernels on one GPU, to pick the ones kernels/mxfp4_matmul.py uses.
 
     python bench/mxfp4_tune.py [--rows 64,2048,4096,16384] [--kinds scaled,wx,wxs,wxt] [--experts 32]
+        [--scales bytes,words]
 
 gpt-oss gate_up shape (N=5760, K=2880), random top-4 routing over the experts, random (never zero) inputs. For each
 kernel variant and routed-row count it prints the median time (triton.testing.do_bench, L2 flushed between runs),
@@ -29,6 +30,8 @@ from oss_grpo.kernels.mxfp4_matmul import (  # noqa: E402
     mxfp4_matmul_torch,
     mxfp4_matmul_transposed_torch,
     packed_dequant,
+    pad_scales,
+    scale_words,
     swizzle_k,
 )
 from oss_grpo.kernels.routing import ExpertGroups, route, sort_by_expert  # noqa: E402
@@ -72,7 +75,8 @@ def launcher(kind: str, cfg: tuple[int, int, int, int, int], x, dy, w, scales, g
     tiles = groups.row_tiles(bm)
     strides = (w.stride(0), w.stride(1), scales.stride(0), scales.stride(1))
     opts = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, E_PAD=groups.padded_experts, num_warps=warps, num_stages=stages)
-    decode = dict(DOT_DTYPE=dot_dtype(x), PACKED=packed_dequant(x))  # as mxfp4_matmul launches the wx kernels
+    decode = dict(DOT_DTYPE=dot_dtype(x), PACKED=packed_dequant(x),  # as mxfp4_matmul launches the wx kernels
+                  SCALE_WORDS=scale_words(scales))
     table = (groups.offsets, groups.num_experts)
     if kind == "wxt":
         out = torch.empty(dy.shape[0], K, dtype=dy.dtype, device=dy.device)
@@ -102,7 +106,8 @@ def main() -> None:
     parser.add_argument("--rows", default="64,2048,4096,16384")
     parser.add_argument("--kinds", default="", help="comma-separated CONFIGS keys to sweep (default all)")
     parser.add_argument("--experts", type=int, default=32)
-    parser.add_argument("--tiles", default="", help="only these tiles, e.g. '8,32,128,2,3;16,32,128,2,3'")
+    parser.add_argument("--tiles", default="", help="only these tiles, e.g. '16,32,128,2,3;32,64,128,2,4'")
+    parser.add_argument("--scales", default="bytes", help="'bytes', 'words' (pad_scales) or both, comma-separated")
     args = parser.parse_args()
     only = {tuple(map(int, t.split(","))) for t in args.tiles.split(";") if t}
     torch.manual_seed(0)
@@ -130,10 +135,10 @@ def main() -> None:
             if args.kinds and kind not in args.kinds.split(","):
                 continue
             pass_ = "dX" if kind == "wxt" else "forward"
-            for cfg in (c for c in configs if not only or c in only):
-                name = f"M={m:6d} {kind:10s} {cfg}"
+            for cfg, layout in ((c, a) for c in configs if not only or c in only for a in args.scales.split(",")):
+                name = f"M={m:6d} {kind:6s} {layout:5s} {cfg}"
                 try:
-                    fn = launcher(kind, cfg, x, dy, w, scales, groups)
+                    fn = launcher(kind, cfg, x, dy, w, pad_scales(scales) if layout == "words" else scales, groups)
                     ref = refs[pass_]
                     err = ((fn().float() - ref).abs().max() / ref.abs().max()).item()
                 except Exception as error:  # a tile shape the compiler rejects: report it, keep sweeping

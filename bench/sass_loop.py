@@ -1,6 +1,7 @@
 """Compile one of the MXFP4 expert kernels for sm_90 on a machine without a GPU and count what its main loop runs.
 
-    python bench/sass_loop.py _mxfp4_wx_kernel 128,128,64,8,4 [--swizzled] [--weights-right] [--kernels FILE]
+    python bench/sass_loop.py _mxfp4_wx_kernel 128,128,64,8,4 [--swizzled] [--weights-right] [--scale-words]
+        [--kernels FILE]
 
 The tile is (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages); the other constants are the ones mxfp4_matmul launches a bf16
 GPU call with (packed decoding, no bias, 32 experts), and the integer arguments get the divisibility by 16 that Triton's
@@ -31,14 +32,15 @@ POINTERS = {"X": "*bf16", "Y": "*bf16", "DY": "*bf16", "DX": "*bf16", "Bias": "*
             "TileRow": "*i32"}  # fmt: skip
 
 
-def compile_kernel(path: Path, name: str, tile: tuple[int, ...], swizzled: bool, weights_right: bool = False):
+def compile_kernel(path: Path, name: str, tile: tuple[int, ...], swizzled: bool, weights_right: bool = False,
+                   scale_words: bool = False):
     spec = importlib.util.spec_from_file_location("kernels_under_test", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     fn = getattr(module, name)
     block_m, block_n, block_k, warps, stages = tile
     values = dict(HAS_BIAS=False, HAS_LORA=False, R_PAD=16, DOT_DTYPE=triton.language.bfloat16, PACKED=True,
-                  SWIZZLED=swizzled, W_RIGHT=weights_right, E_PAD=32, BLOCK_M=block_m,
+                  SWIZZLED=swizzled, W_RIGHT=weights_right, SCALE_WORDS=scale_words, E_PAD=32, BLOCK_M=block_m,
                   BLOCK_N=block_n, BLOCK_K=block_k)
     signature = {a: POINTERS.get(a, "fp32" if a in ("scale", "lora_scale") else "i32") for a in fn.arg_names}
     constants = {}
@@ -109,11 +111,12 @@ def main() -> None:
     parser.add_argument("tile", help="BLOCK_M,BLOCK_N,BLOCK_K,warps,stages")
     parser.add_argument("--swizzled", action="store_true", help="the forward reading codes in swizzle_k order")
     parser.add_argument("--weights-right", action="store_true", help="the forward's W_RIGHT (Tiles.weights_right)")
+    parser.add_argument("--scale-words", action="store_true", help="scales read as 32-bit words (pad_scales)")
     parser.add_argument("--kernels", type=Path, default=ROOT / "kernels" / "_mxfp4_matmul.py")
     parser.add_argument("--loop-out", type=Path, help="write the longest loop's instructions to this file")
     args = parser.parse_args()
     tile = tuple(int(v) for v in args.tile.split(","))
-    compiled = compile_kernel(args.kernels, args.kernel, tile, args.swizzled, args.weights_right)
+    compiled = compile_kernel(args.kernels, args.kernel, tile, args.swizzled, args.weights_right, args.scale_words)
     tools = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:  # one per process: the tests compile several tiles
         f.write(compiled.asm["cubin"])

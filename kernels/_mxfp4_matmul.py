@@ -148,15 +148,18 @@ def _settled(acc):
 
 @triton.jit
 def _weight_tile(W, S, n, n_ok, b0, K_BYTES, stride_wn, stride_sn, DOT_DTYPE: tl.constexpr, BLOCK_N: tl.constexpr,
-                 BLOCK_BYTES: tl.constexpr, TRANSPOSED: tl.constexpr, PACKED: tl.constexpr,
-                 SWIZZLED: tl.constexpr):  # fmt: skip
+                 BLOCK_BYTES: tl.constexpr, TRANSPOSED: tl.constexpr, PACKED: tl.constexpr, SWIZZLED: tl.constexpr,
+                 SCALE_WORDS: tl.constexpr):  # fmt: skip
     """Rows n of W_e, bytes b0 .. b0 + BLOCK_BYTES, dequantised: (even k, odd k), each [BLOCK_N, BLOCK_BYTES], or
     [BLOCK_BYTES, BLOCK_N] when TRANSPOSED, loaded that way (dX: 1.3-1.5x faster than transposing in registers, which
     goes through shared memory, when both decoded in float32, 2026-12-06; with the packed decoders 1.5x at 16 rows
     per expert, session 20). The scales, one byte per 16 bytes of codes, are loaded and turned into the decoders'
     multiplier once, then broadcast; the values come out times 2^-WEIGHT_SHIFT. SWIZZLED (forward only): the bytes of
     each 16 taken in `swizzle_k` order, tile column 4a + b holding byte 4b + a, a reshape that lets each thread load its
-    4 bytes at once."""
+    4 bytes at once. SCALE_WORDS: the scales are read as the 32-bit words that hold them (rows of a multiple of 4
+    bytes, `mxfp4_matmul.pad_scales`), which Triton pipelines (cp.async) as it does the codes; one-byte loads it does
+    not, and each step waited out their latency (sm_90 SASS: the load, then a shared-memory store and barrier).
+    """
     byte = b0 + tl.arange(0, BLOCK_BYTES)
     group = b0 // 16 + tl.arange(0, BLOCK_BYTES // 16)
     if TRANSPOSED:  # k down the tile, n across
@@ -167,7 +170,11 @@ def _weight_tile(W, S, n, n_ok, b0, K_BYTES, stride_wn, stride_sn, DOT_DTYPE: tl
     if SWIZZLED:
         codes = tl.reshape(codes, (BLOCK_N, BLOCK_BYTES // 16, 4, 4))
         codes = tl.reshape(tl.permute(codes, (0, 1, 3, 2)), (BLOCK_N, BLOCK_BYTES))
-    s = tl.load(S + n * stride_sn + group, mask=n_ok & (group < K_BYTES // 16), other=127).to(tl.int32)
+    if SCALE_WORDS:  # no mask: groups past K read the padding, rows past N row 0's scales (their codes load as 0)
+        word = tl.load((S + tl.where(n_ok, n, 0) * stride_sn + group // 4 * 4).to(tl.pointer_type(tl.int32)))
+        s = (word >> (8 * (group % 4))) & 255
+    else:
+        s = tl.load(S + n * stride_sn + group, mask=n_ok & (group < K_BYTES // 16), other=127).to(tl.int32)
     s += _SCALE_OFFSET  # the decoders' one multiplier, 2^(s - 1 - WEIGHT_SHIFT): its exponent field
     if PACKED and TRANSPOSED:
         s = (s << 7).to(tl.int16)  # its bfloat16 bits
@@ -191,11 +198,12 @@ def _weight_tile(W, S, n, n_ok, b0, K_BYTES, stride_wn, stride_sn, DOT_DTYPE: tl
 
 @triton.jit
 def _weight_rows(W, S, n, n_ok, b0, K_BYTES, stride_wn, stride_sn, DOT_DTYPE: tl.constexpr, BLOCK_N: tl.constexpr,
-                 BLOCK_K: tl.constexpr, PACKED: tl.constexpr, SWIZZLED: tl.constexpr):  # fmt: skip
+                 BLOCK_K: tl.constexpr, PACKED: tl.constexpr, SWIZZLED: tl.constexpr,
+                 SCALE_WORDS: tl.constexpr):  # fmt: skip
     """Rows n of W_e, codes 2 b0 .. 2 b0 + BLOCK_K, dequantised into one [BLOCK_N, BLOCK_K] tile in k order (byte j's
     low nibble, then its high): the forward's operand."""
     w_even, w_odd = _weight_tile(W, S, n, n_ok, b0, K_BYTES, stride_wn, stride_sn, DOT_DTYPE, BLOCK_N, BLOCK_K // 2,
-                                 TRANSPOSED=False, PACKED=PACKED, SWIZZLED=SWIZZLED)  # fmt: skip
+                                 TRANSPOSED=False, PACKED=PACKED, SWIZZLED=SWIZZLED, SCALE_WORDS=SCALE_WORDS)
     return tl.reshape(tl.join(w_even, w_odd), (BLOCK_N, BLOCK_K))
 
 
@@ -206,7 +214,7 @@ def _mxfp4_wx_kernel(
     stride_xm, stride_ym, stride_we, stride_wn, stride_se, stride_sn, stride_be,
     XA, LB, R, stride_xam, stride_lbe, stride_lbn, stride_lbr, lora_scale,
     HAS_BIAS: tl.constexpr, HAS_LORA: tl.constexpr, R_PAD: tl.constexpr, DOT_DTYPE: tl.constexpr,
-    PACKED: tl.constexpr, SWIZZLED: tl.constexpr, W_RIGHT: tl.constexpr,
+    PACKED: tl.constexpr, SWIZZLED: tl.constexpr, W_RIGHT: tl.constexpr, SCALE_WORDS: tl.constexpr,
     E_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     """y^T = W_e x^T (+ bias, + LoRA's s B_e (x A_e^T)^T): the dequantised weights are the left operand, straight
@@ -223,7 +231,7 @@ def _mxfp4_wx_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N) if W_RIGHT else (BLOCK_N, BLOCK_M), dtype=tl.float32)
     for b0 in range(0, K_BYTES, BLOCK_K // 2):
         w = _weight_rows(W, S, n, n_ok, b0, K_BYTES, stride_wn, stride_sn, DOT_DTYPE, BLOCK_N, BLOCK_K, PACKED,
-                         SWIZZLED)  # fmt: skip
+                         SWIZZLED, SCALE_WORDS)  # fmt: skip
         ks = 2 * b0 + tl.arange(0, BLOCK_K)
         x = tl.load(X + rows[:, None] * stride_xm + ks[None, :], mask=row_ok[:, None] & (ks[None, :] < 2 * K_BYTES),
                     other=0.0).to(DOT_DTYPE)  # fmt: skip
@@ -252,7 +260,7 @@ def _mxfp4_wx_transposed_kernel(
     stride_dym, stride_dxm, stride_we, stride_wn, stride_se, stride_sn,
     XA, LB, R, stride_xam, stride_lbe, stride_lbn, stride_lbr, lora_scale,
     HAS_LORA: tl.constexpr, R_PAD: tl.constexpr, DOT_DTYPE: tl.constexpr, PACKED: tl.constexpr,
-    E_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    SCALE_WORDS: tl.constexpr, E_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     """dx^T = W_e^T dy^T (+ LoRA's (s dy B_e) A_e) for BLOCK_K output columns: the dequantised weights, transposed,
     are the left operand, loaded transposed (one-byte loads); the even and odd columns are two dots into two
@@ -269,7 +277,7 @@ def _mxfp4_wx_transposed_kernel(
         n = n0 + tl.arange(0, BLOCK_N)
         w_even, w_odd = _weight_tile(W, S, n, n < N, b0, K_BYTES, stride_wn, stride_sn,
                                      DOT_DTYPE, BLOCK_N, BLOCK_K // 2, TRANSPOSED=True, PACKED=PACKED,
-                                     SWIZZLED=False)  # fmt: skip
+                                     SWIZZLED=False, SCALE_WORDS=SCALE_WORDS)  # fmt: skip
         dy = tl.load(DY + rows[:, None] * stride_dym + n[None, :], mask=row_ok[:, None] & (n[None, :] < N), other=0.0)
         dy_t = tl.trans(dy.to(DOT_DTYPE))
         acc_even = tl.dot(w_even, dy_t, acc_even, input_precision="ieee")

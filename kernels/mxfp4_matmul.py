@@ -105,6 +105,25 @@ def dot_dtype(x: torch.Tensor) -> tl.dtype:
     return tl.bfloat16 if x.dtype == torch.bfloat16 and not jit.INTERPRETED else tl.float32
 
 
+def pad_scales(scales: torch.Tensor) -> torch.Tensor:
+    """`scales [..., G]` stored in rows of a multiple of 4 bytes (a view of the first G; the padding 127, 2^0), which
+    the kernels read as 32-bit words (`scale_words`). gpt-oss: G = 90 -> 92, 2% more scale bytes."""
+    g = scales.shape[-1]
+    padded = scales.new_full((*scales.shape[:-1], -(-g // 4) * 4), 127)
+    padded[..., :g] = scales
+    return padded[..., :g]
+
+
+def scale_words(scales: torch.Tensor) -> bool:
+    """Whether the kernels may read `scales [E, N, G]` as the 32-bit words that hold them (SCALE_WORDS in
+    _mxfp4_matmul.py): rows 4-byte aligned, each with its bytes up to a multiple of 4 in storage (`pad_scales`)."""
+    e, n, g = scales.shape
+    row = -(-g // 4) * 4
+    end = scales.storage_offset() + (e - 1) * scales.stride(0) + (n - 1) * scales.stride(1) + row
+    return (scales.stride(2) == 1 and scales.stride(1) >= row and scales.stride(1) % 4 == 0
+            and scales.stride(0) % 4 == 0 and scales.data_ptr() % 4 == 0 and end <= scales.untyped_storage().nbytes())
+
+
 def swizzle_k(x: torch.Tensor) -> torch.Tensor:
     """x's columns in the order a swizzled wx kernel reads W's codes: within each 32, the 8 column pairs as a 4 x 4
     matrix, transposed (pair 4a + b <- pair 4b + a; its own inverse).
@@ -175,7 +194,8 @@ def mxfp4_matmul(
         return y
     jit._mxfp4_wx_kernel[grid](
         x, y, w, scales, *tables, n, k // 2, x.stride(0), y.stride(0), *strides, *lora_args,
-        PACKED=packed_dequant(x), SWIZZLED=tiles.swizzled, W_RIGHT=tiles.weights_right, **launch,
+        PACKED=packed_dequant(x), SWIZZLED=tiles.swizzled, W_RIGHT=tiles.weights_right,
+        SCALE_WORDS=scale_words(scales), **launch,
     )  # fmt: skip
     return y
 
@@ -241,7 +261,8 @@ def mxfp4_matmul_transposed(
         dy, dx, w, scales, groups.offsets, groups.num_experts,
         n, k // 2,
         dy.stride(0), dx.stride(0), w.stride(0), w.stride(1), scales.stride(0), scales.stride(1), *lora_args,
-        DOT_DTYPE=dot_dtype(dy), PACKED=packed_dequant(dy), E_PAD=groups.padded_experts,
+        DOT_DTYPE=dot_dtype(dy), PACKED=packed_dequant(dy), SCALE_WORDS=scale_words(scales),
+        E_PAD=groups.padded_experts,
         **lora_constants,
         BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, BLOCK_K=tiles.block_k,
         num_warps=tiles.num_warps, num_stages=tiles.num_stages,

@@ -36,7 +36,9 @@ from oss_grpo.kernels.mxfp4_matmul import (
     mxfp4_matmul_torch,
     mxfp4_matmul_transposed,
     mxfp4_matmul_transposed_torch,
+    pad_scales,
     runs_triton,
+    scale_words,
 )
 from oss_grpo.kernels.routing import ExpertGroups, route, sort_by_expert
 from oss_grpo.kernels.swiglu import BLOCK as SWIGLU_BLOCK
@@ -420,6 +422,35 @@ def test_forward_with_the_weights_on_the_right_gives_the_same_product(request, m
         y = mxfp4_matmul(x, blocks, scales, groups, bias.to(dtype), lora)
         expected = mxfp4_matmul_torch(x.double(), blocks, scales, groups, bias.to(dtype).double(), as_double(lora))
         assert_close_to(y, expected, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, "packed"])
+def test_scales_read_as_words_give_the_same_products(request, dtype) -> None:
+    """Scales padded to rows of a multiple of 4 bytes (pad_scales) are read four a load: the forward (bias, LoRA) and
+    dX (LoRA) match the references on every shape, whose 1, 2, 3 and 90 groups a row end inside a word, with a
+    different scale for each group (a wrong shift takes a neighbour's), N past the last column tile, empty experts."""
+    dtype = decoding(request, dtype)
+    for counts, n, k in SHAPES:
+        x, blocks, scales, groups, bias = inputs(counts, n, k, dtype, seed=22)
+        padded = pad_scales(scales)
+        assert scale_words(padded) and torch.equal(padded, scales)
+        lora = lora_product(counts, n, 8, dtype, seed=23)
+        y = mxfp4_matmul(x, blocks, padded, groups, bias.to(dtype), lora)
+        assert_close_to(y, mxfp4_matmul_torch(x.double(), blocks, scales, groups, bias.to(dtype).double(),
+                                              as_double(lora)), dtype)  # fmt: skip
+        dy = torch.randn(sum(counts), n, generator=torch.Generator().manual_seed(24)).to(dtype).to(DEVICE)
+        lora = lora_product(counts, k, 8, dtype, seed=25)
+        dx = mxfp4_matmul_transposed(dy, blocks, padded, groups, lora)
+        assert_close_to(dx, mxfp4_matmul_transposed_torch(dy.double(), blocks, scales, groups, as_double(lora)), dtype)
+
+
+def test_only_padded_aligned_scales_are_read_as_words() -> None:
+    """The word loads read up to the next multiple of 4 bytes of each row: checkpoint rows of 90 scales are not."""
+    scales = torch.full((2, 8, 90), 127, dtype=torch.uint8)
+    assert not scale_words(scales)
+    assert scale_words(pad_scales(scales)) and pad_scales(scales).stride(1) == 92
+    assert not scale_words(pad_scales(scales)[:, :, 1:])  # rows no longer 4-byte aligned
+    assert scale_words(torch.full((2, 8, 4), 127, dtype=torch.uint8))  # rows of 4 need no padding
 
 
 def test_swizzle_k_is_its_own_inverse_and_moves_pairs() -> None:
