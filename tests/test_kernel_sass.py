@@ -29,13 +29,13 @@ WGMMA_TILES = [("_mxfp4_wx_kernel", tiles) for _, tiles in FORWARD_TILES if tile
 issues)."""
 
 
-def compiled_loop_races(kernel: str, tiles: Tiles) -> list[int]:
+def compiled_loop_races(kernel: str, tiles: Tiles, scale_words: bool) -> list[int]:
     """Register races per loop of `kernel` compiled for sm_90 in a process of its own (conftest.py sets
     TRITON_INTERPRET for the tests without a GPU, under which Triton builds interpreter functions, not cubins)."""
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     tile = ",".join(str(v) for v in (tiles.block_m, tiles.block_n, tiles.block_k, tiles.num_warps, tiles.num_stages))
     command = [sys.executable, str(REPO / "bench" / "sass_loop.py"), kernel, tile]
-    flags = ["--swizzled"] * tiles.swizzled + ["--weights-right"] * tiles.weights_right
+    flags = ["--swizzled"] * tiles.swizzled + ["--weights-right"] * tiles.weights_right + ["--scale-words"] * scale_words
     out = subprocess.run(command + flags, env=env, capture_output=True, text=True, check=True).stdout
     return [int(n) for n in re.findall(r"'register races': (\d+)", out)]
 
@@ -44,11 +44,12 @@ def test_every_one_warpgroup_tile_is_covered() -> None:
     assert {kernel for kernel, _ in WGMMA_TILES} == {"_mxfp4_wx_kernel", "_mxfp4_wx_transposed_kernel"}
 
 
+@pytest.mark.parametrize("scale_words", [False, True], ids=["byte_scales", "word_scales"])
 @pytest.mark.parametrize("kernel, tiles", WGMMA_TILES,
                          ids=[f"{k}-{t.block_m}x{t.block_n}{'-right' * t.weights_right}"
                               for k, t in WGMMA_TILES])
-def test_no_wgmma_operand_is_rewritten_while_in_flight(kernel: str, tiles: Tiles) -> None:
-    races = compiled_loop_races(kernel, tiles)
+def test_no_wgmma_operand_is_rewritten_while_in_flight(kernel: str, tiles: Tiles, scale_words: bool) -> None:
+    races = compiled_loop_races(kernel, tiles, scale_words)
     assert races and all(n == 0 for n in races), races
 
 
