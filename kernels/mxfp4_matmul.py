@@ -34,6 +34,9 @@ class Tiles(NamedTuple):
     weights_right: bool = False
     """The wx forward with the decoded weights as the dot's right operand, read from shared memory like x (W_RIGHT):
     x is read as it is, so it needs no swizzled copy."""
+    word_scales: bool = True
+    """Padded scales (`pad_scales`) read as 32-bit words, which Triton pipelines: 1.04-1.14x faster on the H100 for
+    every tile but dX's two-warp one, 1.09x slower (docs/BENCHMARKS.md, session 20)."""
 
 
 # Picked on an H100 by bench/mxfp4_tune.py (gpt-oss-20b gate_up, docs/BENCHMARKS.md), by the mean routed rows per
@@ -55,7 +58,7 @@ FORWARD_TILES = (
     (float("inf"), Tiles(128, 128, 64, 8, 4, weights_right=True)),
 )
 TRANSPOSED_TILES = (
-    (16, Tiles(16, 64, 128, 2, 4)),
+    (16, Tiles(16, 64, 128, 2, 4, word_scales=False)),
     (256, Tiles(64, 64, 128, 4, 3)),
     (float("inf"), Tiles(128, 64, 128, 4, 3)),
 )
@@ -116,12 +119,12 @@ def pad_scales(scales: torch.Tensor) -> torch.Tensor:
 
 def scale_words(scales: torch.Tensor) -> bool:
     """Whether the kernels may read `scales [E, N, G]` as the 32-bit words that hold them (SCALE_WORDS in
-    _mxfp4_matmul.py): rows 4-byte aligned, each with its bytes up to a multiple of 4 in storage (`pad_scales`)."""
-    e, n, g = scales.shape
-    row = -(-g // 4) * 4
-    end = scales.storage_offset() + (e - 1) * scales.stride(0) + (n - 1) * scales.stride(1) + row
+    _mxfp4_matmul.py): rows 4-byte aligned with room for their bytes up to a multiple of 4 (`pad_scales` makes them;
+    the padding must hold scales the kernels decode, 127). Strides and offset only, which a compiled graph knows
+    (storages start aligned)."""
+    row = -(-scales.shape[2] // 4) * 4
     return (scales.stride(2) == 1 and scales.stride(1) >= row and scales.stride(1) % 4 == 0
-            and scales.stride(0) % 4 == 0 and scales.data_ptr() % 4 == 0 and end <= scales.untyped_storage().nbytes())
+            and scales.stride(0) % 4 == 0 and scales.storage_offset() % 4 == 0)
 
 
 def swizzle_k(x: torch.Tensor) -> torch.Tensor:
@@ -195,7 +198,7 @@ def mxfp4_matmul(
     jit._mxfp4_wx_kernel[grid](
         x, y, w, scales, *tables, n, k // 2, x.stride(0), y.stride(0), *strides, *lora_args,
         PACKED=packed_dequant(x), SWIZZLED=tiles.swizzled, W_RIGHT=tiles.weights_right,
-        SCALE_WORDS=scale_words(scales), **launch,
+        SCALE_WORDS=tiles.word_scales and scale_words(scales), **launch,
     )  # fmt: skip
     return y
 
@@ -261,7 +264,7 @@ def mxfp4_matmul_transposed(
         dy, dx, w, scales, groups.offsets, groups.num_experts,
         n, k // 2,
         dy.stride(0), dx.stride(0), w.stride(0), w.stride(1), scales.stride(0), scales.stride(1), *lora_args,
-        DOT_DTYPE=dot_dtype(dy), PACKED=packed_dequant(dy), SCALE_WORDS=scale_words(scales),
+        DOT_DTYPE=dot_dtype(dy), PACKED=packed_dequant(dy), SCALE_WORDS=tiles.word_scales and scale_words(scales),
         E_PAD=groups.padded_experts,
         **lora_constants,
         BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, BLOCK_K=tiles.block_k,

@@ -18,6 +18,7 @@ from transformers.models.gpt_oss.modeling_gpt_oss import GptOssExperts, GptOssFo
 
 from oss_grpo.kernels.expert_matmul import ExpertLora, expert_linear
 from oss_grpo.kernels.mxfp4 import check_scales, quantize
+from oss_grpo.kernels.mxfp4_matmul import pad_scales, scale_words
 from oss_grpo.kernels.routing import ExpertGroups, route, sort_by_expert
 from oss_grpo.kernels.swiglu import swiglu
 
@@ -42,7 +43,9 @@ class Mxfp4Experts(nn.Module):
     """All experts of one gpt-oss layer, weights in MXFP4: a drop-in for transformers' `GptOssExperts`.
 
     Buffers `<proj>_blocks [E, N, K/32, 16]` and `<proj>_scales [E, N, K/32]` hold W_e [N, K] (out, in) as the
-    checkpoints do: gate_up_proj is [E, 2I, H] with gate/up interleaved along 2I, down_proj is [E, H, I].
+    checkpoints do: gate_up_proj is [E, 2I, H] with gate/up interleaved along 2I, down_proj is [E, H, I]. The scales'
+    rows are stored padded to a multiple of 4 bytes (`pad_scales`: K/32 = 90 -> 92 on gpt-oss), a view of the usual
+    shape, so that the kernels read them as 32-bit words (1.04-1.14x faster on the H100, docs/BENCHMARKS.md).
     """
 
     def __init__(
@@ -58,11 +61,19 @@ class Mxfp4Experts(nn.Module):
             if not scales[proj].is_meta:  # the loader builds on meta and checks the scales as they arrive
                 check_scales(f"{proj}_scales", scales[proj])
             self.register_buffer(f"{proj}_blocks", blocks[proj])
-            self.register_buffer(f"{proj}_scales", scales[proj])
+            self.register_buffer(f"{proj}_scales", pad_scales(scales[proj]))
             self.register_parameter(f"{proj}_bias", nn.Parameter(biases[proj]))
         self.num_experts, self.hidden_size = self.down_proj_blocks.shape[:2]
         self.intermediate_size = self.down_proj_blocks.shape[2] * 32
         self.alpha, self.limit = alpha, limit
+
+    def _apply(self, fn, recurse: bool = True) -> "Mxfp4Experts":
+        """nn.Module's, then the scales padded again: a move (`.to`, `to_empty`) stores a view's bytes contiguously."""
+        super()._apply(fn, recurse)
+        for proj in PROJECTIONS:
+            if not scale_words(scales := self._buffers[f"{proj}_scales"]):
+                self._buffers[f"{proj}_scales"] = pad_scales(scales)
+        return self
 
     @classmethod
     def from_experts(cls, experts: GptOssExperts) -> "Mxfp4Experts":

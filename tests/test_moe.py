@@ -11,9 +11,11 @@ import copy
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
+from torch._subclasses.fake_tensor import FakeTensorMode
 from transformers.models.gpt_oss.modeling_gpt_oss import GptOssExperts, GptOssMLP
 
 from oss_grpo.kernels.mxfp4 import dequantize, pack_codes
+from oss_grpo.kernels.mxfp4_matmul import pad_scales, scale_words
 from oss_grpo.rl.moe import PROJECTIONS, Mxfp4Experts, swap_experts
 from oss_grpo.rl.moe_lora import Mxfp4ExpertsLora, with_expert_lora
 from oss_grpo.rl.tiny_model import build_tiny_model
@@ -76,6 +78,25 @@ def test_swap_takes_checkpoint_tensors_as_they_are() -> None:
         if name in checkpoint:
             assert torch.equal(tensor, checkpoint.pop(name)), name
     assert not checkpoint  # every checkpoint tensor landed, under the same name
+
+
+def test_expert_scales_stay_readable_as_words_after_moves() -> None:
+    """Mxfp4Experts stores its scales padded (the kernels then read them as 32-bit words); `.to` and `to_empty` store
+    a view's bytes contiguously, so the module pads them again. The values, shape and state_dict stay the checkpoint's,
+    and the check that picks the word loads reads strides only, so a compiled graph (fake tensors) can run it."""
+    model = swap_experts(build_tiny_model(seed=0))
+    experts = model.model.layers[0].mlp.experts
+    before = experts.gate_up_proj_scales.clone()
+    for move in (lambda: model.to(torch.float64), lambda: experts.to("cpu", torch.float32), lambda: model.float()):
+        move()
+        assert scale_words(experts.gate_up_proj_scales) and scale_words(experts.down_proj_scales)
+        assert torch.equal(experts.gate_up_proj_scales, before)
+    experts.to_empty(device="cpu")
+    assert scale_words(experts.gate_up_proj_scales) and experts.gate_up_proj_scales.shape == before.shape
+    assert model.state_dict()["model.layers.0.mlp.experts.gate_up_proj_scales"].shape == before.shape
+    with FakeTensorMode():
+        assert scale_words(pad_scales(torch.empty(2, 4, 90, dtype=torch.uint8)))
+        assert not scale_words(torch.empty(2, 4, 90, dtype=torch.uint8))
 
 
 def test_float32_logits_match_transformers_on_dequantised_experts() -> None:
