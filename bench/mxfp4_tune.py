@@ -31,7 +31,6 @@ from oss_grpo.kernels.mxfp4_matmul import (  # noqa: E402
     mxfp4_matmul_transposed_torch,
     packed_dequant,
     pad_scales,
-    scale_words,
     swizzle_k,
 )
 from oss_grpo.kernels.routing import ExpertGroups, route, sort_by_expert  # noqa: E402
@@ -68,15 +67,17 @@ def median_us(fn: Callable[[], object]) -> float:
     return triton.testing.do_bench(fn, warmup=10, rep=40, return_mode="median") * 1e3
 
 
-def launcher(kind: str, cfg: tuple[int, int, int, int, int], x, dy, w, scales, groups: ExpertGroups) -> Callable:
+def launcher(kind: str, cfg: tuple[int, int, int, int, int], x, dy, w, scales, groups: ExpertGroups,
+             words: bool = False) -> Callable:
     """A no-argument call of one kernel variant with one tile configuration, output allocated once; no bias, no LoRA
-    (mxfp4_matmul's own placeholders for them, never read)."""
+    (mxfp4_matmul's own placeholders for them, never read). `words`: the scales read as 32-bit words (they must be
+    `pad_scales`'), else one byte at a time whatever their layout."""
     bm, bn, bk, warps, stages = cfg
     tiles = groups.row_tiles(bm)
     strides = (w.stride(0), w.stride(1), scales.stride(0), scales.stride(1))
     opts = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, E_PAD=groups.padded_experts, num_warps=warps, num_stages=stages)
     decode = dict(DOT_DTYPE=dot_dtype(x), PACKED=packed_dequant(x),  # as mxfp4_matmul launches the wx kernels
-                  SCALE_WORDS=scale_words(scales))
+                  SCALE_WORDS=words)
     table = (groups.offsets, groups.num_experts)
     if kind == "wxt":
         out = torch.empty(dy.shape[0], K, dtype=dy.dtype, device=dy.device)
@@ -138,7 +139,8 @@ def main() -> None:
             for cfg, layout in ((c, a) for c in configs if not only or c in only for a in args.scales.split(",")):
                 name = f"M={m:6d} {kind:6s} {layout:5s} {cfg}"
                 try:
-                    fn = launcher(kind, cfg, x, dy, w, pad_scales(scales) if layout == "words" else scales, groups)
+                    words = layout == "words"
+                    fn = launcher(kind, cfg, x, dy, w, pad_scales(scales) if words else scales, groups, words)
                     ref = refs[pass_]
                     err = ((fn().float() - ref).abs().max() / ref.abs().max()).item()
                 except Exception as error:  # a tile shape the compiler rejects: report it, keep sweeping

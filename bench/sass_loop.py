@@ -4,7 +4,8 @@
         [--kernels FILE]
 
 The tile is (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages); the other constants are the ones mxfp4_matmul launches a bf16
-GPU call with (packed decoding, no bias, 32 experts), and the integer arguments get the divisibility by 16 that Triton's
+GPU call with (packed decoding, no bias, 32 experts; the scales one byte a load unless --scale-words, as
+Mxfp4Experts' padded scales are read), and the integer arguments get the divisibility by 16 that Triton's
 launcher finds on gpt-oss shapes, without which it pipelines differently. Prints the registers per thread, the shared
 memory, the kernel's instruction count and, per loop (a backward branch), its instructions and its shared, global and
 tensor-core instructions, and the loop's register races (`register_races`; tests/test_kernel_sass.py asserts there

@@ -27,7 +27,7 @@ def test_every_kind_of_the_sweep_launches_and_computes_the_product(kind: str, wo
     x, dy = (torch.randn(8, size, generator=g).bfloat16().to(DEVICE) for size in (128, 64))
     cfg = min(mxfp4_tune.CONFIGS[kind])  # the smallest tile of the kind
     out = mxfp4_tune.launcher(kind, cfg, x, dy, blocks.reshape(2, 64, 64), pad_scales(scales) if words else scales,
-                              groups)()
+                              groups, words)()
     ref = (mxfp4_matmul_transposed_torch(dy.float(), blocks, scales, groups) if kind == "wxt"
            else mxfp4_matmul_torch(x.float(), blocks, scales, groups))  # fmt: skip
     assert ((out.float() - ref).abs().max() / ref.abs().max()).item() < 1e-2
